@@ -1,0 +1,3 @@
+from iconface_video.cli import main
+
+main()

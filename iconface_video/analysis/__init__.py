@@ -1,0 +1,1 @@
+"""Video analysis: shots, face tracks, identities across shots, harvested references, the analysis file."""

@@ -1,0 +1,1 @@
+"""Many videos: a resumable batch queue, local workers per device, and Ray."""

@@ -1,0 +1,1 @@
+"""The IConFace restoration core: identity-structure asymmetric conditioning at trainable scale."""

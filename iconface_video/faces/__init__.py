@@ -1,0 +1,1 @@
+"""Face analysis: detection with 5 landmarks, alignment, identity embeddings, soft masks."""

@@ -1,0 +1,1 @@
+"""Video I/O: probe, streaming decode with timestamps, encode and remux that keep everything."""

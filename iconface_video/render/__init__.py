@@ -1,0 +1,1 @@
+"""Render: batched restoration of tracked faces, temporal stability, paste-back, report."""
