@@ -1,0 +1,28 @@
+"""When a public kernel function may run its Triton implementation instead of its PyTorch twin."""
+
+from __future__ import annotations
+
+import torch
+
+try:  # Triton ships with Linux torch wheels, but not with every build (macOS, some CPU wheels).
+    import triton  # noqa: F401
+
+    TRITON_AVAILABLE = True
+except ImportError:  # pragma: no cover - depends on the installed torch build
+    TRITON_AVAILABLE = False
+
+
+def use_triton(*tensors: torch.Tensor, force_reference: bool = False) -> bool:
+    """True when Triton imports, the caller does not force the twin, and every tensor is on CUDA.
+
+    CPU tensors always take the twin: the Triton interpreter is a test tool, far too slow for work.
+    """
+    if force_reference or not TRITON_AVAILABLE:
+        return False
+    return all(t.is_cuda for t in tensors)
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the twins compute in: at least float32 (so they are a fair oracle for half
+    precision kernels, which accumulate in float32), float64 kept for gradcheck."""
+    return torch.promote_types(dtype, torch.float32)
