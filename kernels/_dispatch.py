@@ -12,14 +12,19 @@ except ImportError:  # pragma: no cover - depends on the installed torch build
     TRITON_AVAILABLE = False
 
 
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def use_triton(*tensors: torch.Tensor, force_reference: bool = False) -> bool:
-    """True when Triton imports, the caller does not force the twin, and every tensor is on CUDA.
+    """True when Triton imports, the caller does not force the twin, and every tensor is a CUDA
+    fp16/bf16/fp32 tensor (float64 takes the twin: it exists for gradcheck, not for speed).
 
     CPU tensors always take the twin: the Triton interpreter is a test tool, far too slow for work.
+    Index tensors (tables, row indices) are not checked: the kernels move them to the device.
     """
     if force_reference or not TRITON_AVAILABLE:
         return False
-    return all(t.is_cuda for t in tensors)
+    return all(t.is_cuda and t.dtype in KERNEL_DTYPES for t in tensors)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -1,1 +1,30 @@
-"""The model store: which weights exist, where they are looked for, checksums, licences, safe loading."""
+"""The model store: which weights exist, where they are looked for, checksums, licences, safe loading.
+
+``MODELS`` (in ``catalogue.py``) lists every model; ``find_model_file`` finds a file in
+``--models-dir``, ``$ICONFACE_MODELS``, the user cache, then the embedded copy; ``safe_load_torch``
+and ``load_safetensors`` load weights without ever running pickled code.
+"""
+
+from iconface_video.errors import BadWeightsError, MissingModelError
+from iconface_video.weights.catalogue import MODELS, Model, ModelFile, get_model
+from iconface_video.weights.loading import check_state_dict, load_safetensors, safe_load_torch, state_dict_of
+from iconface_video.weights.store import (
+    FileCheck,
+    candidate_paths,
+    embedded_dir,
+    fetch,
+    find_model_file,
+    install_path,
+    is_present,
+    model_folder,
+    search_dirs,
+    user_cache_dir,
+    verify,
+)
+
+__all__ = [
+    "MODELS", "Model", "ModelFile", "get_model", "BadWeightsError", "MissingModelError",
+    "check_state_dict", "load_safetensors", "safe_load_torch", "state_dict_of",
+    "FileCheck", "candidate_paths", "embedded_dir", "fetch", "find_model_file", "install_path",
+    "is_present", "model_folder", "search_dirs", "user_cache_dir", "verify",
+]

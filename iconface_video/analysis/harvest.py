@@ -1,0 +1,379 @@
+"""Reference harvesting: how reliable each face observation is, and the best few per identity.
+
+Every detected face gets named reliability terms in [0, 1] (``ReliabilityTerms``):
+
+- ``sharpness``: band-pass detail of the ArcFace-aligned 112 crop (variance of the Laplacian of a
+  lightly smoothed copy), discounted by the crop's estimated pixel noise, so grain is not detail;
+- ``size``: inter-ocular distance on a log scale (12 px -> 0, 96 px -> 1);
+- ``frontality``: yaw and pitch read from the 5 landmarks (nose against the eye/mouth frame);
+- ``detector``: the detector's confidence;
+- ``exposure``: mid-tone mean and few clipped pixels in the aligned crop;
+- ``identity_norm``: the encoder's feature-norm quality signal where it has one (AdaFace); 1 and
+  left out of the total for encoders without one (dlib, ArcFace);
+- ``centroid_agreement``: cosine similarity with the identity's centroid, mapped so that
+  "surely someone else" is 0 (known only once identities exist, at the end of the analysis).
+
+``total`` is a weighted geometric mean, so one failing term (a profile, a wrong person) sinks a
+candidate however good the rest are. While the video streams, each track keeps a small pool of
+its best candidates (spread in time), their loose crops written as PNGs to a folder; at the end
+``select_references`` picks the top K per identity with diversity in time and pose.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from iconface_video.types import FaceObs, ReliabilityTerms
+
+ALIGNED_SIZE = 112  # sharpness and exposure are measured on ArcFace-aligned crops of this size
+TERM_NAMES = ("sharpness", "size", "frontality", "detector", "exposure", "identity_norm", "centroid_agreement")
+
+
+@dataclass(frozen=True)
+class HarvestSettings:
+    """How references are scored and chosen."""
+
+    max_refs: int = 4  # references per identity (K)
+    pool_size: int = 6  # candidates kept per track while streaming
+    min_gap_s: float = 0.5  # two references from one track at least this far apart
+    crop_scale: float = 2.0  # loose crop side = this x the face box's longer side
+    max_crop_side: int = 512  # larger crops are downscaled (the restorer works at <= 512)
+    min_eye_distance: float = 10.0  # smaller faces never become references
+    sharpness_scale: float = 60.0  # band-pass variance giving sharpness 0.5
+    same_similarity: float = 0.91  # cosine to the centroid at which agreement is 0.5
+    reject_similarity: float = 0.85  # ... and below which agreement is 0 (someone else)
+    # Weights of the geometric mean; identity_norm's applies only where the encoder gives one.
+    weights: tuple[tuple[str, float], ...] = (
+        ("sharpness", 2.0), ("size", 1.0), ("frontality", 1.5), ("detector", 0.5),
+        ("exposure", 1.0), ("identity_norm", 1.0), ("centroid_agreement", 2.0),
+    )
+
+
+# --- the terms ---------------------------------------------------------------------------------
+
+def noise_sigma(grey: np.ndarray) -> float:
+    """Gaussian noise std of ``float32[H, W]`` by Immerkaer's fast estimator (a 3x3 Laplacian-difference mask)."""
+    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
+    response = cv2.filter2D(grey, cv2.CV_32F, mask, borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
+    return float(math.sqrt(math.pi / 2) * np.abs(response).mean() / 6.0)
+
+
+def sharpness_term(aligned: np.ndarray, scale: float) -> float:
+    """Detail of ``uint8[S, S, 3]`` aligned crop: Laplacian variance of a smoothed copy, minus noise's share."""
+    grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    # Measure inside the face (the aligned crop's corners are background or padding).
+    inner = grey[ALIGNED_SIZE // 8: -ALIGNED_SIZE // 8, ALIGNED_SIZE // 8: -ALIGNED_SIZE // 8]
+    smooth = cv2.GaussianBlur(inner, (0, 0), 1.0)
+    detail = float(cv2.Laplacian(smooth, cv2.CV_32F, ksize=3).var())
+    sigma = noise_sigma(inner)
+    # White noise of std s leaves about (0.2 s)^2 of Laplacian variance after a sigma-1 blur;
+    # subtract it, and discount heavily noisy crops on top (noise hides detail the restorer needs).
+    detail = max(detail - (0.2 * sigma) ** 2, 0.0)
+    return float(detail / (detail + scale) / (1.0 + (sigma / 12.0) ** 2))
+
+
+def size_term(obs: FaceObs) -> float:
+    """Inter-ocular distance on a log scale: 12 px -> 0, 96 px -> 1."""
+    return float(np.clip(math.log2(max(obs.eye_distance, 1e-3) / 12.0) / 3.0, 0.0, 1.0))
+
+
+def yaw_pitch(kps5: np.ndarray) -> tuple[float, float]:
+    """Signed yaw and pitch proxies from ArcFace-order points, 0 for a frontal face.
+
+    Yaw: how far the nose sits from the eye/mouth midline, in eye distances. Pitch: how far the
+    nose sits from its frontal height between the eye line and the mouth line.
+    """
+    kps = np.asarray(kps5, np.float64)
+    eyes_mid, mouth_mid = (kps[0] + kps[1]) / 2, (kps[3] + kps[4]) / 2
+    axis = mouth_mid - eyes_mid
+    length = max(float(np.linalg.norm(axis)), 1e-6)
+    down = axis / length
+    across = np.array([down[1], -down[0]])  # perpendicular to the face's vertical axis
+    nose = kps[2] - eyes_mid
+    eye_distance = max(float(np.linalg.norm(kps[1] - kps[0])), 1e-6)
+    yaw = float(nose @ across) / max(eye_distance, length)
+    pitch = float(nose @ down) / length - 0.55  # frontal faces put the nose ~55% of the way down
+    return yaw, pitch
+
+
+def frontality_term(kps5: np.ndarray) -> float:
+    yaw, pitch = yaw_pitch(kps5)
+    return float(np.clip(1.0 - (abs(yaw) / 0.45) ** 2 - (abs(pitch) / 0.35) ** 2, 0.0, 1.0))
+
+
+def exposure_term(aligned: np.ndarray) -> float:
+    """Mid-tone mean and few clipped pixels in the face (``uint8[S, S, 3]`` aligned crop)."""
+    grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY)
+    inner = grey[ALIGNED_SIZE // 8: -ALIGNED_SIZE // 8, ALIGNED_SIZE // 8: -ALIGNED_SIZE // 8].astype(np.float32)
+    mean = float(inner.mean()) / 255.0
+    clipped = float(((inner <= 3) | (inner >= 252)).mean())
+    level = 1.0 - (max(abs(mean - 0.45) - 0.15, 0.0) / 0.3) ** 2
+    return float(np.clip(level, 0.0, 1.0) * (1.0 - clipped))
+
+
+def agreement_term(similarity: float, settings: HarvestSettings) -> float:
+    """Cosine to the identity centroid -> [0, 1]: 0 below ``reject``, 0.5 at ``same``, 1 at 1."""
+    lo, mid = settings.reject_similarity, settings.same_similarity
+    if similarity <= lo:
+        return 0.0
+    if similarity <= mid:
+        return 0.5 * (similarity - lo) / (mid - lo)
+    return float(min(1.0, 0.5 + 0.5 * (similarity - mid) / (1.0 - mid)))
+
+
+def total_score(terms: dict[str, float], settings: HarvestSettings, uses_norm: bool) -> float:
+    """Weighted geometric mean of the terms present (``identity_norm`` only if ``uses_norm``)."""
+    log_sum, weight_sum = 0.0, 0.0
+    for name, weight in settings.weights:
+        if name not in terms or (name == "identity_norm" and not uses_norm):
+            continue
+        log_sum += weight * math.log(max(terms[name], 1e-6))
+        weight_sum += weight
+    return float(math.exp(log_sum / weight_sum)) if weight_sum else 0.0
+
+
+def observation_terms(aligned: np.ndarray, obs: FaceObs, settings: HarvestSettings,
+                      identity_norm: float | None = None) -> dict[str, float]:
+    """Every term but ``centroid_agreement`` for one detection and its ``uint8[112, 112, 3]`` aligned crop."""
+    return {
+        "sharpness": sharpness_term(aligned, settings.sharpness_scale),
+        "size": size_term(obs),
+        "frontality": frontality_term(obs.kps5),
+        "detector": float(np.clip(obs.score, 0.0, 1.0)),
+        "exposure": exposure_term(aligned),
+        "identity_norm": 1.0 if identity_norm is None else float(np.clip(identity_norm, 0.0, 1.0)),
+    }
+
+
+def reliability(terms: dict[str, float], settings: HarvestSettings, uses_norm: bool) -> ReliabilityTerms:
+    """The shared ``ReliabilityTerms`` with its total (``centroid_agreement`` 1 if not yet known)."""
+    full = {"centroid_agreement": 1.0, **terms}
+    return ReliabilityTerms(**{name: round(float(full[name]), 4) for name in TERM_NAMES},
+                            total=round(total_score(full, settings, uses_norm), 4))
+
+
+# --- loose crops -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class LooseCrop:
+    """A square crop around a face, turned by a multiple of 90 degrees so the face is upright.
+
+    ``image`` uint8[S, S, 3]; ``kps5`` float32[5, 2] in crop pixels; ``transform`` float32[2, 3]
+    maps stored-frame pixels to crop pixels.
+    """
+
+    image: np.ndarray
+    kps5: np.ndarray
+    transform: np.ndarray
+
+
+def loose_crop(image: np.ndarray, obs: FaceObs, scale: float = 2.0, max_side: int = 512) -> LooseCrop:
+    """Cut ``scale`` x the face box around its centre out of ``uint8[H, W, 3]`` (reflected past the border).
+
+    The crop is turned upright by the nearest multiple of 90 degrees (rotated phone video, a
+    face lying down), so it needs no resampling beyond an optional downscale to ``max_side``.
+    """
+    x0, y0, x1, y1 = obs.box
+    side = max(8, int(math.ceil(scale * max(x1 - x0, y1 - y0))))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    eyes = np.asarray(obs.kps5[1] - obs.kps5[0], np.float64)
+    quarter = int(round(math.degrees(math.atan2(eyes[1], eyes[0])) / 90.0)) % 4
+    # Frame -> crop: rotate by -quarter*90 degrees about the face centre, centre it in the crop.
+    angle = -quarter * math.pi / 2
+    cos, sin = round(math.cos(angle)), round(math.sin(angle))
+    rot = np.array([[cos, -sin], [sin, cos]], np.float64)
+    shift = np.array([side / 2, side / 2]) - rot @ np.array([cx, cy])
+    shift = np.round(shift)  # an integer shift: pixels are copied, not resampled
+    M = np.hstack([rot, shift[:, None]])
+    crop = cv2.warpAffine(image, M, (side, side), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT_101)
+    if side > max_side:
+        factor = max_side / side
+        crop = cv2.resize(crop, (max_side, max_side), interpolation=cv2.INTER_AREA)
+        M = M * factor
+    kps = (np.asarray(obs.kps5, np.float64) @ M[:, :2].T + M[:, 2]).astype(np.float32)
+    return LooseCrop(image=crop, kps5=kps, transform=M.astype(np.float32))
+
+
+# --- candidate pools ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Candidate:
+    """A detection that may become a reference; its loose crop is the PNG ``crop_file`` in the pool folder."""
+
+    track: int
+    frame_index: int
+    box: tuple[float, float, float, float]
+    kps5: np.ndarray  # float32[5, 2] in the stored frame
+    terms: dict[str, float]  # every term but centroid_agreement
+    partial: float  # total without centroid agreement
+    yaw: float
+    embedding: np.ndarray | None  # float32[D], unnormalised
+    crop_file: str
+    crop_kps5: np.ndarray  # float32[5, 2] in the crop
+    crop_transform: np.ndarray  # float32[2, 3] stored frame -> crop
+
+
+class CandidatePools:
+    """Per-track pools of the best candidates, spread in time; crops live as PNGs in ``folder``.
+
+    Memory: ``pool_size`` small records per track still in the video; the pixels are on disk.
+    """
+
+    def __init__(self, folder: Path, settings: HarvestSettings, fps: float, uses_norm: bool = False) -> None:
+        self.folder = Path(folder)
+        self.settings = settings
+        self.min_gap = max(1, int(round(settings.min_gap_s * fps)))
+        self.uses_norm = uses_norm
+        self.pools: dict[int, list[Candidate]] = {}
+        # Per track, the reliability-weighted sum of unit embeddings: the track's identity vector.
+        self.embedding_sums: dict[int, np.ndarray] = {}
+
+    def offer(self, track: int, obs: FaceObs, image: np.ndarray, aligned: np.ndarray,
+              identity_norm: float | None = None) -> dict[str, float]:
+        """Score one detection of ``track`` (``image`` its frame, ``aligned`` its 112 crop); keep it if it is among the best."""
+        terms = observation_terms(aligned, obs, self.settings, identity_norm)
+        partial = total_score(terms, self.settings, self.uses_norm)
+        if obs.embedding is not None:
+            unit = np.asarray(obs.embedding, np.float32)
+            unit = unit / max(float(np.linalg.norm(unit)), 1e-12)
+            weight = max(partial, 1e-3)
+            self.embedding_sums[track] = self.embedding_sums.get(track, 0) + weight * unit
+        if obs.eye_distance < self.settings.min_eye_distance or obs.embedding is None:
+            return terms
+        pool = self.pools.setdefault(track, [])
+        near = [c for c in pool if abs(c.frame_index - obs.frame_index) < self.min_gap]
+        if near:
+            if all(partial > c.partial for c in near):
+                for c in near:
+                    self._discard(pool, c)
+                pool.append(self._make(track, obs, image, terms, partial))
+        elif len(pool) < self.settings.pool_size:
+            pool.append(self._make(track, obs, image, terms, partial))
+        else:
+            worst = min(pool, key=lambda c: c.partial)
+            if partial > worst.partial:
+                self._discard(pool, worst)
+                pool.append(self._make(track, obs, image, terms, partial))
+        return terms
+
+    def track_embedding(self, track: int) -> np.ndarray | None:
+        total = self.embedding_sums.get(track)
+        if total is None:
+            return None
+        return (total / max(float(np.linalg.norm(total)), 1e-12)).astype(np.float32)
+
+    def forget(self, track: int) -> None:
+        """Drop a track's pool (it was discarded as too short)."""
+        for candidate in self.pools.pop(track, []):
+            _remove(self.folder / candidate.crop_file)
+        self.embedding_sums.pop(track, None)
+
+    def _make(self, track: int, obs: FaceObs, image: np.ndarray, terms: dict[str, float], partial: float) -> Candidate:
+        crop = loose_crop(image, obs, self.settings.crop_scale, self.settings.max_crop_side)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"t{track:05d}_f{obs.frame_index:07d}.png"
+        ok, data = cv2.imencode(".png", cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError(f"OpenCV could not encode the crop {name}")
+        (self.folder / name).write_bytes(data.tobytes())
+        return Candidate(track, obs.frame_index, tuple(float(v) for v in obs.box), np.asarray(obs.kps5, np.float32),
+                         terms, partial, yaw_pitch(obs.kps5)[0],
+                         np.asarray(obs.embedding, np.float32), name, crop.kps5, crop.transform)
+
+    def _discard(self, pool: list[Candidate], candidate: Candidate) -> None:
+        pool.remove(candidate)
+        _remove(self.folder / candidate.crop_file)
+
+    # --- checkpointing -------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "pools": {str(t): [candidate_to_json(c) for c in pool] for t, pool in self.pools.items()},
+            "embedding_sums": {str(t): v.tolist() for t, v in self.embedding_sums.items()},
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.pools = {int(t): [candidate_from_json(c) for c in pool] for t, pool in state["pools"].items()}
+        self.embedding_sums = {int(t): np.asarray(v, np.float32) for t, v in state["embedding_sums"].items()}
+
+
+def _remove(path: Path) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def candidate_to_json(c: Candidate) -> dict:
+    return {
+        "track": c.track, "frame": c.frame_index, "box": list(c.box), "kps5": c.kps5.tolist(),
+        "terms": c.terms, "partial": c.partial, "yaw": c.yaw,
+        "embedding": None if c.embedding is None else c.embedding.tolist(),
+        "crop_file": c.crop_file, "crop_kps5": c.crop_kps5.tolist(), "crop_transform": c.crop_transform.tolist(),
+    }
+
+
+def candidate_from_json(d: dict) -> Candidate:
+    return Candidate(d["track"], d["frame"], tuple(d["box"]), np.asarray(d["kps5"], np.float32), d["terms"],
+                     d["partial"], d["yaw"], None if d["embedding"] is None else np.asarray(d["embedding"], np.float32),
+                     d["crop_file"], np.asarray(d["crop_kps5"], np.float32), np.asarray(d["crop_transform"], np.float32))
+
+
+# --- choosing references -----------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Chosen:
+    """A chosen reference: the candidate and its full terms (centroid agreement included)."""
+
+    candidate: Candidate
+    terms: ReliabilityTerms
+
+
+def score_against_centroid(candidates: list[Candidate], centroid: np.ndarray | None,
+                           settings: HarvestSettings, uses_norm: bool) -> list[Chosen]:
+    """Full terms for each candidate given the identity's unit centroid ``float32[D]``."""
+    scored = []
+    for c in candidates:
+        similarity = 1.0
+        if centroid is not None and c.embedding is not None:
+            similarity = float(centroid @ (c.embedding / max(float(np.linalg.norm(c.embedding)), 1e-12)))
+        terms = {**c.terms, "centroid_agreement": agreement_term(similarity, settings)}
+        scored.append(Chosen(c, reliability(terms, settings, uses_norm)))
+    return scored
+
+
+def select_references(scored: list[Chosen], settings: HarvestSettings, fps: float, k: int | None = None) -> list[Chosen]:
+    """Top ``k`` by total, greedily, each new pick penalised for being close in time *and* pose to an earlier one.
+
+    Candidates whose total is 0 (a failing term: someone else, a profile) are never chosen.
+    """
+    k = settings.max_refs if k is None else k
+    min_gap = max(1, int(round(settings.min_gap_s * fps)))
+    remaining = [s for s in scored if s.terms.total > 0.0]
+    chosen: list[Chosen] = []
+    while remaining and len(chosen) < k:
+        def value(s: Chosen) -> float:
+            redundancy = 0.0
+            for c in chosen:
+                dt = abs(s.candidate.frame_index - c.candidate.frame_index) / (10.0 * min_gap)
+                dyaw = abs(s.candidate.yaw - c.candidate.yaw) / 0.15
+                redundancy = max(redundancy, math.exp(-dt - dyaw))
+            return s.terms.total * (1.0 - 0.5 * redundancy)
+
+        best = max(remaining, key=value)
+        chosen.append(best)
+        remaining = [s for s in remaining if s is not best and not (
+            s.candidate.track == best.candidate.track and abs(s.candidate.frame_index - best.candidate.frame_index) < min_gap)]
+    return chosen
+
+
+def with_agreement(terms: ReliabilityTerms, agreement: float, settings: HarvestSettings, uses_norm: bool) -> ReliabilityTerms:
+    """``terms`` with a new centroid agreement and the total recomputed."""
+    values = {name: getattr(terms, name) for name in TERM_NAMES}
+    values["centroid_agreement"] = agreement
+    return replace(terms, centroid_agreement=round(agreement, 4), total=round(total_score(values, settings, uses_norm), 4))

@@ -1,0 +1,485 @@
+"""The analysis file: a versioned JSON document between ``analyze`` and ``render``.
+
+``save_analysis`` writes it atomically; ``load_analysis`` validates it (JSON Schema for shape,
+then cross-references: every identity, track and shot a field names must exist) and reports every
+problem on its own line, e.g. ``tracks[3].identity refers to identity 9, which does not exist``.
+The format and what a user may edit are documented in ``docs/analysis-file.md``.
+
+``Analysis`` is what the render stage reads: shots, tracks (with per-frame ``FaceObs``),
+identities, the references of each identity (crop PNG, its 5 points, reliability, embedding),
+and ``faces_at(frame_index)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import cv2
+import jsonschema
+import numpy as np
+
+from iconface_video.errors import InputError, OutputError
+from iconface_video.types import FaceObs, Identity, Reference, ReliabilityTerms, Shot, Track
+
+VERSION = 1
+MAX_LISTED_PROBLEMS = 20
+
+_NUMBER = {"type": "number"}
+_POINT = {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}
+_KPS5 = {"type": "array", "items": _POINT, "minItems": 5, "maxItems": 5}
+_BOX = {"type": "array", "items": _NUMBER, "minItems": 4, "maxItems": 4}
+_VECTOR = {"anyOf": [{"type": "null"}, {"type": "array", "items": _NUMBER, "minItems": 1}]}
+_TERMS = {
+    "type": "object",
+    "properties": {name: {"type": "number", "minimum": 0, "maximum": 1} for name in (
+        "sharpness", "size", "frontality", "detector", "exposure", "identity_norm", "centroid_agreement", "total")},
+    "required": ["total"],
+}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["version", "video", "shots", "tracks", "identities", "references", "settings"],
+    "properties": {
+        "version": {"type": "integer"},
+        "video": {
+            "type": "object",
+            "required": ["path", "width", "height", "frame_count", "fps", "rotation"],
+            "properties": {
+                "path": {"type": "string"},
+                "width": {"type": "integer", "minimum": 1},
+                "height": {"type": "integer", "minimum": 1},
+                "frame_count": {"type": "integer", "minimum": 0},
+                "fps": {"type": "number", "exclusiveMinimum": 0},
+                "rotation": {"type": "integer"},
+            },
+        },
+        "shots": {"type": "array", "items": {
+            "type": "object",
+            "required": ["index", "start", "end", "start_time", "end_time", "transition"],
+            "properties": {
+                "index": {"type": "integer", "minimum": 0},
+                "start": {"type": "integer", "minimum": 0},
+                "end": {"type": "integer", "minimum": 0},
+                "start_time": _NUMBER,
+                "end_time": _NUMBER,
+                "transition": {"enum": ["start", "cut", "fade"]},
+            },
+        }},
+        "tracks": {"type": "array", "items": {
+            "type": "object",
+            "required": ["id", "shot", "identity", "obs"],
+            "properties": {
+                "id": {"type": "integer", "minimum": 0},
+                "shot": {"type": "integer", "minimum": 0},
+                "identity": {"type": ["integer", "null"]},
+                "embedding": _VECTOR,
+                "obs": {"type": "array", "minItems": 1, "items": {
+                    "type": "object",
+                    "required": ["frame", "box", "score", "kps5"],
+                    "properties": {
+                        "frame": {"type": "integer", "minimum": 0},
+                        "box": _BOX,
+                        "score": _NUMBER,
+                        "kps5": _KPS5,
+                        "interpolated": {"type": "boolean"},
+                        "reliability": {"type": ["number", "null"]},
+                    },
+                }},
+            },
+        }},
+        "identities": {"type": "array", "items": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {
+                "id": {"type": "integer", "minimum": 0},
+                "name": {"type": ["string", "null"]},
+                "same_as": {"type": ["integer", "null"]},
+                "centroid": _VECTOR,
+            },
+        }},
+        "references": {"type": "array", "items": {
+            "type": "object",
+            "required": ["identity", "crop", "crop_kps5", "reliability"],
+            "properties": {
+                "identity": {"type": "integer"},
+                "track": {"type": ["integer", "null"]},
+                "frame": {"type": ["integer", "null"]},
+                "box": {"anyOf": [{"type": "null"}, _BOX]},
+                "kps5": {"anyOf": [{"type": "null"}, _KPS5]},
+                "crop": {"type": "string", "minLength": 1},
+                "crop_kps5": _KPS5,
+                "reliability": {"type": "number", "minimum": 0, "maximum": 1},
+                "terms": {"anyOf": [{"type": "null"}, _TERMS]},
+                "embedding": _VECTOR,
+                "source": {"type": "string"},
+            },
+        }},
+        "settings": {"type": "object"},
+    },
+}
+
+
+class AnalysisFileError(InputError):
+    """The analysis file is not valid; the message lists each problem on its own line."""
+
+
+@dataclass(frozen=True, eq=False)
+class HarvestedReference:
+    """A reference as the render stage needs it.
+
+    ``reference`` carries identity, track (-1 for a user photo), frame (-1 for a photo), box and
+    5 points in the stored frame, reliability and its terms; ``crop_path`` is the loose crop PNG,
+    ``crop_kps5`` float32[5, 2] its 5 points in crop pixels (align the crop with these to any
+    template and size); ``embedding`` float32[D] is the identity encoder's unnormalised feature.
+    """
+
+    reference: Reference
+    crop_path: Path
+    crop_kps5: np.ndarray
+    embedding: np.ndarray | None = None
+
+    def load_crop(self) -> np.ndarray:
+        """The crop as ``uint8[H, W, 3]`` RGB."""
+        image = cv2.imread(str(self.crop_path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise InputError(f"{self.crop_path}: reference crop is missing or unreadable; rerun `iconface-video analyze`")
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True, eq=False)
+class Analysis:
+    """A loaded (or freshly made) analysis; see the module docstring."""
+
+    version: int
+    video: dict
+    shots: tuple[Shot, ...]
+    tracks: tuple[Track, ...]
+    identities: tuple[Identity, ...]
+    references: tuple[HarvestedReference, ...]
+    settings: dict
+    track_embeddings: dict[int, np.ndarray] = field(default_factory=dict)
+    path: Path | None = None
+
+    def track(self, track_id: int) -> Track:
+        return self._tracks_by_id[track_id]
+
+    def identity(self, identity_id: int) -> Identity:
+        return self._identities_by_id[identity_id]
+
+    def references_for(self, identity_id: int) -> tuple[HarvestedReference, ...]:
+        """The identity's references, most reliable first."""
+        refs = [r for r in self.references if r.reference.identity == identity_id]
+        return tuple(sorted(refs, key=lambda r: -r.reference.reliability))
+
+    def faces_at(self, frame_index: int) -> list[tuple[Track, FaceObs]]:
+        """Every (track, observation) present in frame ``frame_index``."""
+        return [(self._tracks_by_id[t], self._tracks_by_id[t].obs[i]) for t, i in self._by_frame.get(frame_index, ())]
+
+    def shot_of(self, frame_index: int) -> Shot | None:
+        for shot in self.shots:
+            if shot.start <= frame_index <= shot.end:
+                return shot
+        return None
+
+    @cached_property
+    def _tracks_by_id(self) -> dict[int, Track]:
+        return {t.id: t for t in self.tracks}
+
+    @cached_property
+    def _identities_by_id(self) -> dict[int, Identity]:
+        return {i.id: i for i in self.identities}
+
+    @cached_property
+    def _by_frame(self) -> dict[int, list[tuple[int, int]]]:
+        index: dict[int, list[tuple[int, int]]] = {}
+        for track in self.tracks:
+            for i, obs in enumerate(track.obs):
+                index.setdefault(obs.frame_index, []).append((track.id, i))
+        return index
+
+
+# --- validation --------------------------------------------------------------------------------
+
+def _where(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def schema_problems(data: Any) -> list[str]:
+    """Shape problems, one line each, in document order."""
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
+    return [f"{_where(e.absolute_path)}: {e.message}" for e in errors]
+
+
+def reference_problems(data: dict) -> list[str]:
+    """Cross-reference problems (ids that do not exist, duplicates, frames outside their shot)."""
+    problems = []
+    if data["version"] != VERSION:
+        problems.append(f"version: this file is version {data['version']}, this iconface-video reads version {VERSION}")
+    frame_count = data["video"]["frame_count"]
+    shots = {}
+    for i, shot in enumerate(data["shots"]):
+        if shot["index"] in shots:
+            problems.append(f"shots[{i}].index: shot {shot['index']} appears twice")
+        if shot["end"] < shot["start"]:
+            problems.append(f"shots[{i}]: ends (frame {shot['end']}) before it starts (frame {shot['start']})")
+        shots[shot["index"]] = shot
+    identities = {}
+    for i, identity in enumerate(data["identities"]):
+        if identity["id"] in identities:
+            problems.append(f"identities[{i}].id: identity {identity['id']} appears twice")
+        identities[identity["id"]] = identity
+    for i, identity in enumerate(data["identities"]):
+        target = identity.get("same_as")
+        if target is not None and target not in identities:
+            problems.append(f"identities[{i}].same_as refers to identity {target}, which does not exist")
+    tracks = {}
+    for i, track in enumerate(data["tracks"]):
+        if track["id"] in tracks:
+            problems.append(f"tracks[{i}].id: track {track['id']} appears twice")
+        tracks[track["id"]] = track
+        if track["identity"] is not None and track["identity"] not in identities:
+            problems.append(f"tracks[{i}].identity refers to identity {track['identity']}, which does not exist")
+        shot = shots.get(track["shot"])
+        if shot is None:
+            problems.append(f"tracks[{i}].shot refers to shot {track['shot']}, which does not exist")
+        frames = [o["frame"] for o in track["obs"]]
+        if any(b <= a for a, b in zip(frames, frames[1:])):
+            problems.append(f"tracks[{i}].obs: frames must increase strictly")
+        if shot is not None and (frames[0] < shot["start"] or frames[-1] > shot["end"]):
+            problems.append(f"tracks[{i}].obs: frames {frames[0]}..{frames[-1]} leave shot {shot['index']} "
+                            f"({shot['start']}..{shot['end']})")
+        if frames[-1] >= frame_count > 0:
+            problems.append(f"tracks[{i}].obs: frame {frames[-1]} is past the video's last frame {frame_count - 1}")
+    for i, ref in enumerate(data["references"]):
+        if ref["identity"] not in identities:
+            problems.append(f"references[{i}].identity refers to identity {ref['identity']}, which does not exist")
+        if ref.get("track") is not None and ref["track"] not in tracks:
+            problems.append(f"references[{i}].track refers to track {ref['track']}, which does not exist")
+    return problems
+
+
+def _resolve_same_as(identities: dict[int, dict]) -> tuple[dict[int, int], list[str]]:
+    """identity id -> the id it finally merges into (following ``same_as`` chains)."""
+    final, problems = {}, []
+    for start in identities:
+        seen, current = [start], start
+        while identities[current].get("same_as") is not None:
+            current = identities[current]["same_as"]
+            if current in seen:
+                problems.append(f"identities: same_as forms a loop ({' -> '.join(map(str, seen + [current]))})")
+                break
+            seen.append(current)
+        final[start] = current
+    return final, problems
+
+
+# --- loading -----------------------------------------------------------------------------------
+
+def _vector(value) -> np.ndarray | None:
+    return None if value is None else np.asarray(value, np.float32)
+
+
+def analysis_from_json(data: dict, base: Path, path: Path | None = None) -> Analysis:
+    """Build an ``Analysis`` from validated JSON; crops resolve relative to ``base``; ``same_as`` merges apply."""
+    identities_json = {i["id"]: i for i in data["identities"]}
+    final, problems = _resolve_same_as(identities_json)
+    if problems:
+        raise AnalysisFileError(_message(path, problems))
+    shots = tuple(Shot(s["index"], s["start"], s["end"], float(s["start_time"]), float(s["end_time"]), s["transition"])
+                  for s in data["shots"])
+    tracks, embeddings = [], {}
+    for t in data["tracks"]:
+        identity = None if t["identity"] is None else final[t["identity"]]
+        obs = tuple(FaceObs(o["frame"], tuple(float(v) for v in o["box"]), float(o["score"]),
+                            np.asarray(o["kps5"], np.float32), None, bool(o.get("interpolated", False)))
+                    for o in t["obs"])
+        tracks.append(Track(t["id"], t["shot"], obs, identity))
+        if t.get("embedding") is not None:
+            embeddings[t["id"]] = _vector(t["embedding"])
+    members: dict[int, list[int]] = {}
+    for t in tracks:
+        if t.identity is not None:
+            members.setdefault(t.identity, []).append(t.id)
+    identities = []
+    for identity_id, item in identities_json.items():
+        if final[identity_id] != identity_id:
+            continue  # merged into another identity
+        names = [identities_json[i].get("name") for i in identities_json if final[i] == identity_id]
+        name = item.get("name") or next((n for n in names if n), None)
+        identities.append(Identity(identity_id, tuple(members.get(identity_id, ())), _vector(item.get("centroid")), name))
+    references = []
+    for r in data["references"]:
+        terms = None
+        if r.get("terms") is not None and all(k in r["terms"] for k in ReliabilityTerms.__dataclass_fields__):
+            terms = ReliabilityTerms(**{k: float(r["terms"][k]) for k in ReliabilityTerms.__dataclass_fields__})
+        reference = Reference(
+            identity=final[r["identity"]],
+            track=-1 if r.get("track") is None else int(r["track"]),
+            frame_index=-1 if r.get("frame") is None else int(r["frame"]),
+            box=tuple(float(v) for v in (r.get("box") or (0, 0, 0, 0))),
+            kps5=tuple((float(x), float(y)) for x, y in (r.get("kps5") or r["crop_kps5"])),
+            reliability=float(r["reliability"]),
+            terms=terms,
+            source=r.get("source", "video"),
+        )
+        references.append(HarvestedReference(reference, (base / r["crop"]).resolve(),
+                                              np.asarray(r["crop_kps5"], np.float32), _vector(r.get("embedding"))))
+    return Analysis(data["version"], data["video"], shots, tuple(tracks), tuple(identities), tuple(references),
+                    data["settings"], embeddings, path)
+
+
+def _message(path: Path | None, problems: list[str]) -> str:
+    shown = problems[:MAX_LISTED_PROBLEMS]
+    more = len(problems) - len(shown)
+    head = f"{path}: " if path is not None else ""
+    lines = [f"{head}not a valid analysis file ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
+    lines += [f"  {p}" for p in shown]
+    if more:
+        lines.append(f"  ... and {more} more")
+    return "\n".join(lines)
+
+
+def validate(data: Any, path: Path | None = None) -> None:
+    """Raise ``AnalysisFileError`` listing every problem, one per line."""
+    problems = schema_problems(data)
+    if not problems:
+        problems = reference_problems(data)
+    if problems:
+        raise AnalysisFileError(_message(path, problems))
+
+
+def load_analysis(path: str | os.PathLike) -> Analysis:
+    """Read, validate and build the analysis at ``path`` (crop paths are relative to its folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such analysis file (make one with `iconface-video analyze VIDEO`)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise AnalysisFileError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+    except UnicodeDecodeError:
+        raise AnalysisFileError(f"{path}: not a text file; expected the JSON written by `iconface-video analyze`") from None
+    validate(data, path)
+    return analysis_from_json(data, path.parent, path)
+
+
+# --- saving ------------------------------------------------------------------------------------
+
+def _round_list(values, digits: int) -> list:
+    return [round(float(v), digits) for v in np.asarray(values).ravel()]
+
+
+def analysis_to_json(analysis: Analysis, base: Path) -> dict:
+    """The JSON document for ``analysis``; crop paths are written relative to ``base``."""
+    def rel(p: Path) -> str:
+        try:
+            return Path(os.path.relpath(p, base)).as_posix()
+        except ValueError:  # another drive on Windows
+            return str(p)
+
+    return {
+        "version": analysis.version,
+        "video": analysis.video,
+        "shots": [{"index": s.index, "start": s.start, "end": s.end, "start_time": round(s.start_time, 6),
+                   "end_time": round(s.end_time, 6), "transition": s.transition} for s in analysis.shots],
+        "tracks": [{
+            "id": t.id, "shot": t.shot, "identity": t.identity,
+            "embedding": None if t.id not in analysis.track_embeddings else _round_list(analysis.track_embeddings[t.id], 6),
+            "obs": [{"frame": o.frame_index, "box": _round_list(o.box, 2), "score": round(float(o.score), 4),
+                     "kps5": np.round(np.asarray(o.kps5, np.float64), 2).tolist(), "interpolated": bool(o.interpolated)}
+                    for o in t.obs],
+        } for t in analysis.tracks],
+        "identities": [{"id": i.id, "name": i.name,
+                        "centroid": None if i.centroid is None else _round_list(i.centroid, 6)}
+                       for i in analysis.identities],
+        "references": [{
+            "identity": r.reference.identity,
+            "track": None if r.reference.track < 0 else r.reference.track,
+            "frame": None if r.reference.frame_index < 0 else r.reference.frame_index,
+            "box": _round_list(r.reference.box, 2),
+            "kps5": np.round(np.asarray(r.reference.kps5, np.float64), 2).tolist(),
+            "crop": rel(r.crop_path),
+            "crop_kps5": np.round(np.asarray(r.crop_kps5, np.float64), 2).tolist(),
+            "reliability": round(float(r.reference.reliability), 4),
+            "terms": None if r.reference.terms is None else {
+                k: round(float(getattr(r.reference.terms, k)), 4) for k in ReliabilityTerms.__dataclass_fields__},
+            "embedding": None if r.embedding is None else _round_list(r.embedding, 6),
+            "source": r.reference.source,
+        } for r in analysis.references],
+        "settings": analysis.settings,
+    }
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "))
+
+
+def dumps_readable(data: dict) -> str:
+    """JSON with one shot, identity, reference or observation per line: easy to read, edit and diff."""
+    lines = ["{"]
+    keys = list(data)
+    for n, key in enumerate(keys):
+        value, comma = data[key], "," if n + 1 < len(keys) else ""
+        if isinstance(value, list):
+            lines.append(f"{json.dumps(key)}: [")
+            for i, item in enumerate(value):
+                end = "," if i + 1 < len(value) else ""
+                if isinstance(item, dict) and isinstance(item.get("obs"), list):
+                    head = {k: v for k, v in item.items() if k != "obs"}
+                    lines.append("  " + _compact(head)[:-1] + ', "obs": [')
+                    lines += [f"    {_compact(o)}" + ("," if j + 1 < len(item["obs"]) else "") for j, o in enumerate(item["obs"])]
+                    lines.append(f"  ]}}{end}")
+                else:
+                    lines.append(f"  {_compact(item)}{end}")
+            lines.append(f"]{comma}")
+        else:
+            body = json.dumps(value, ensure_ascii=False, indent=2)
+            lines.append(f"{json.dumps(key)}: {body}{comma}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise OutputError(f"{path.parent}: cannot write there ({error.strerror})") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        _unlink(tmp)
+        raise OutputError(f"{path}: could not be written ({error.strerror})") from None
+    except BaseException:
+        _unlink(tmp)
+        raise
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def save_analysis(analysis: Analysis, path: str | os.PathLike) -> None:
+    """Validate and write ``analysis`` to ``path`` atomically (crop paths stored relative to its folder)."""
+    path = Path(path)
+    data = analysis_to_json(analysis, path.parent.resolve())
+    validate(data, path)
+    write_text_atomic(dumps_readable(data), path)

@@ -1,0 +1,233 @@
+"""Shot boundaries from content change, streamed over frames with a small lookahead.
+
+Each frame is reduced to two small features (an HSV histogram and a dilated Canny edge map of a
+downscaled copy). The change between consecutive frames mixes histogram distance and the edge
+change ratio; a cut is declared where that change stands far above the recent change (an adaptive
+threshold: median + k * MAD of a sliding window) and the new content persists one frame later
+(so a flash or a single corrupt frame is not a cut). A run of near-black frames followed by
+content is a fade.
+
+The detector is streaming: ``push`` takes frames in order and returns the decisions it can make,
+lagging the input by ``LOOKAHEAD`` frames; ``flush`` decides the rest. ``state``/``from_state``
+let an interrupted analysis resume.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import deque
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from iconface_video.types import Shot
+
+FEATURE_WIDTH = 160  # features are computed on a copy this wide: cheap, and enough for cuts
+LOOKAHEAD = 1  # frames after a candidate cut that must still differ from the frame before it
+
+
+@dataclass(frozen=True)
+class ShotSettings:
+    """Thresholds of the cut detector; the defaults were tuned on the shared multi-shot clips."""
+
+    k_mad: float = 6.0  # a cut stands this many MADs above the window's median change
+    min_change: float = 0.30  # and above this absolute change (0..1), so noise never cuts
+    window: int = 24  # frames of recent change the adaptive threshold looks at
+    min_shot_frames: int = 4  # no two cuts closer than this
+    black_level: float = 40.0  # a frame whose 99th-percentile luma (0..255) is below this is black
+    persist_ratio: float = 0.6  # frame t+1 vs t-1 must still change by this share of the cut
+
+
+@dataclass(frozen=True, eq=False)
+class FrameFeatures:
+    """What the cut detector keeps of a frame: ``hist`` float32[B] (sums to 1), ``edges`` bool[h, w]."""
+
+    hist: np.ndarray
+    edges: np.ndarray
+    bright: float  # 99th percentile of luma (0..255): low only for a (nearly) black frame
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """The decision for one frame: does a new shot start here, and how."""
+
+    frame_index: int
+    transition: str | None  # None: same shot; "start", "cut" or "fade": a shot begins here
+
+
+def frame_features(image: np.ndarray) -> FrameFeatures:
+    """Features of ``uint8[H, W, 3]`` RGB: a 16x8x8 HSV histogram and a dilated edge map."""
+    height, width = image.shape[:2]
+    scale = FEATURE_WIDTH / max(width, 1)
+    small = cv2.resize(image, (FEATURE_WIDTH, max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
+    hsv = cv2.cvtColor(small, cv2.COLOR_RGB2HSV)
+    hist = cv2.calcHist([hsv], [0, 1, 2], None, [16, 8, 8], [0, 180, 0, 256, 0, 256]).ravel()
+    hist = (hist / max(float(hist.sum()), 1.0)).astype(np.float32)
+    grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+    # Thresholds from the frame's own median so dark and bright shots give comparable edge maps.
+    median = float(np.median(grey))
+    edges = cv2.Canny(grey, 0.66 * median + 10, 1.33 * median + 20) > 0
+    return FrameFeatures(hist=hist, edges=edges, bright=float(np.percentile(grey, 99)))
+
+
+def _edge_change(a: np.ndarray, b: np.ndarray) -> float:
+    """Edge change ratio: the share of edge pixels that appear or vanish between two maps (0..1)."""
+    kernel = np.ones((3, 3), np.uint8)
+    a_dil = cv2.dilate(a.astype(np.uint8), kernel) > 0
+    b_dil = cv2.dilate(b.astype(np.uint8), kernel) > 0
+    count_a, count_b = int(a.sum()), int(b.sum())
+    if count_a == 0 and count_b == 0:
+        return 0.0
+    entering = int((b & ~a_dil).sum()) / max(count_b, 1)
+    exiting = int((a & ~b_dil).sum()) / max(count_a, 1)
+    return float(max(entering, exiting))
+
+
+def change(a: FrameFeatures, b: FrameFeatures) -> float:
+    """Content change between two frames in [0, 1]: mean of histogram distance and edge change."""
+    hist_distance = float(cv2.compareHist(a.hist, b.hist, cv2.HISTCMP_BHATTACHARYYA))
+    if a.edges.shape != b.edges.shape:
+        return 1.0
+    return 0.5 * min(hist_distance, 1.0) + 0.5 * _edge_change(a.edges, b.edges)
+
+
+class ShotDetector:
+    """Streaming shot-boundary detector; see the module docstring for the method.
+
+    Memory: the features of the last ``LOOKAHEAD + 2`` frames and ``window`` change values.
+    """
+
+    def __init__(self, settings: ShotSettings = ShotSettings()) -> None:
+        self.settings = settings
+        self._recent: deque[tuple[int, FrameFeatures]] = deque(maxlen=LOOKAHEAD + 2)
+        self._changes: deque[float] = deque(maxlen=settings.window)  # change at decided, non-cut frames
+        self._pending: deque[tuple[int, float]] = deque()  # (frame index, change vs previous) undecided
+        self._last_cut = -(10**9)
+        self._dark_run = 0  # consecutive black frames just decided
+        self._started = False
+
+    def push(self, frame_index: int, image: np.ndarray) -> list[Boundary]:
+        """Add the next frame (``uint8[H, W, 3]``); returns the frames now decided, in order."""
+        return self.push_features(frame_index, frame_features(image))
+
+    def push_features(self, frame_index: int, features: FrameFeatures) -> list[Boundary]:
+        previous = self._recent[-1][1] if self._recent else None
+        self._recent.append((frame_index, features))
+        self._pending.append((frame_index, 1.0 if previous is None else change(previous, features)))
+        decided = []
+        while len(self._pending) > LOOKAHEAD:
+            decided.append(self._decide(*self._pending.popleft(), lookahead=True))
+        return decided
+
+    def flush(self) -> list[Boundary]:
+        """Decide the frames still waiting for lookahead (call at the end of the video or range)."""
+        decided = [self._decide(*item, lookahead=False) for item in self._pending]
+        self._pending.clear()
+        return decided
+
+    def _features_of(self, frame_index: int) -> FrameFeatures | None:
+        for index, features in self._recent:
+            if index == frame_index:
+                return features
+        return None
+
+    def _threshold(self) -> float:
+        if len(self._changes) < 3:
+            return max(self.settings.min_change, 0.5)
+        values = np.asarray(self._changes, np.float32)
+        median = float(np.median(values))
+        mad = float(np.median(np.abs(values - median))) + 0.01
+        return max(self.settings.min_change, median + self.settings.k_mad * mad)
+
+    def _decide(self, frame_index: int, delta: float, lookahead: bool) -> Boundary:
+        s = self.settings
+        current = self._features_of(frame_index)
+        if not self._started:
+            self._started = True
+            self._last_cut = frame_index
+            self._dark_run = int(current is not None and current.bright < s.black_level)
+            return Boundary(frame_index, "start")
+        transition = None
+        is_dark = current is not None and current.bright < s.black_level
+        if self._dark_run > 0 and not is_dark:
+            transition = "fade"  # content returns after black: the fade-in starts a shot
+        elif delta > self._threshold() and frame_index - self._last_cut >= s.min_shot_frames:
+            transition = "cut" if self._persists(frame_index, delta, lookahead) else None
+        self._dark_run = self._dark_run + 1 if is_dark else 0
+        if transition is None:
+            self._changes.append(delta)
+        else:
+            self._last_cut = frame_index
+        return Boundary(frame_index, transition)
+
+    def _persists(self, frame_index: int, delta: float, lookahead: bool) -> bool:
+        """A flash returns to the old picture one frame later; a cut does not."""
+        if not lookahead:
+            return True
+        before = self._features_of(frame_index - 1)
+        after = self._features_of(frame_index + 1)
+        if before is None or after is None:
+            return True
+        return change(before, after) >= self.settings.persist_ratio * delta
+
+    # --- checkpointing -------------------------------------------------------------------------
+    def state(self) -> dict:
+        """JSON-able state as of the last *decided* frame, for resuming from the next one."""
+        decided_last = self._pending[0][0] - 1 if self._pending else (self._recent[-1][0] if self._recent else None)
+        last = self._features_of(decided_last) if decided_last is not None else None
+        return {
+            "changes": [round(c, 6) for c in self._changes],
+            "last_cut": self._last_cut,
+            "dark_run": self._dark_run,
+            "started": self._started,
+            "last_frame": None if last is None else {"index": decided_last, **_features_to_json(last)},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, settings: ShotSettings = ShotSettings()) -> ShotDetector:
+        detector = cls(settings)
+        detector._changes.extend(state["changes"])
+        detector._last_cut = state["last_cut"]
+        detector._dark_run = state["dark_run"]
+        detector._started = state["started"]
+        if state["last_frame"] is not None:
+            detector._recent.append((state["last_frame"]["index"], _features_from_json(state["last_frame"])))
+        return detector
+
+
+def _features_to_json(features: FrameFeatures) -> dict:
+    packed = np.packbits(features.edges, axis=None)
+    return {
+        "hist": base64.b64encode(features.hist.tobytes()).decode("ascii"),
+        "edges": base64.b64encode(packed.tobytes()).decode("ascii"),
+        "edges_shape": list(features.edges.shape),
+        "bright": features.bright,
+    }
+
+
+def _features_from_json(data: dict) -> FrameFeatures:
+    shape = tuple(data["edges_shape"])
+    bits = np.frombuffer(base64.b64decode(data["edges"]), np.uint8)
+    edges = np.unpackbits(bits)[: shape[0] * shape[1]].reshape(shape).astype(bool)
+    hist = np.frombuffer(base64.b64decode(data["hist"]), np.float32).copy()
+    return FrameFeatures(hist=hist, edges=edges, bright=float(data["bright"]))
+
+
+def shots_from_boundaries(starts: list[tuple[int, str]], last_frame: int, times: dict[int, float] | None = None,
+                          fps: float = 25.0) -> list[Shot]:
+    """Shots from ``(first frame, transition)`` pairs in order and the last frame index.
+
+    ``times`` maps frame index -> seconds where known (VFR); other frames use ``index / fps``.
+    """
+    times = times or {}
+
+    def time_of(index: int) -> float:
+        return float(times.get(index, index / fps))
+
+    shots = []
+    for number, (start, transition) in enumerate(starts):
+        end = starts[number + 1][0] - 1 if number + 1 < len(starts) else last_frame
+        shots.append(Shot(index=number, start=start, end=end, start_time=time_of(start),
+                          end_time=time_of(end), transition=transition))
+    return shots

@@ -1,0 +1,588 @@
+"""The batch queue: plan which inputs to (re)do, hand work items to workers, record the results.
+
+One driver process owns all state: the manifest, the lock files, the order of work. Workers
+(local processes, one per device, or Ray tasks) only execute :class:`WorkItem` objects through
+:func:`execute` and report back; so a worker that crashes loses nothing but its current item,
+which is marked failed with the reason.
+
+Work items:
+
+- ``file``: the whole input through ``iconface_video.pipeline.run_job`` (exactly what the main
+  command does, so a batch output equals a single run's frame for frame);
+- ``shots`` then ``segments`` (``--split-shots``): find the shot starts, then encode groups of
+  the segmented encoder's segments as independent items; the driver joins them when the last
+  one is in (``iconface_video.batch.split``).
+
+Items are dispatched lazily, at most one per free worker, and the driver takes an input's lock
+only when it dispatches that input's first item: two batch runs sharing an output folder (two
+machines on one NFS share, say) divide the inputs between them instead of colliding.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import multiprocessing
+import multiprocessing.connection
+import os
+import queue as queue_module
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from iconface_video.batch import locks
+from iconface_video.batch.manifest import FileRecord, manifest_path, read_manifest, set_state, update_manifest
+from iconface_video.errors import InputError, UserError
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".wmv", ".flv", ".nut")
+Emit = Callable[..., None]  # emit(event_name, **fields)
+ItemKind = Literal["file", "shots", "segments"]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One unit of work. ``segments`` (kind "segments") are indices into the split plan's ranges;
+    ``boundaries`` are the shot starts that plan was made with."""
+
+    kind: ItemKind
+    key: str
+    input: str
+    output: str
+    segments: tuple[int, ...] = ()
+    boundaries: tuple[int, ...] = ()
+
+    @property
+    def id(self) -> str:
+        if self.kind == "segments":
+            return f"{self.key}#seg{self.segments[0]}-{self.segments[-1]}"
+        return self.key if self.kind == "file" else f"{self.key}#{self.kind}"
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """How an item ended. ``value``: the shot starts (kind "shots"); ``traceback``: internal errors only."""
+
+    item: WorkItem
+    ok: bool
+    reason: str | None = None
+    frames: int | None = None
+    seconds: float = 0.0
+    worker: str = ""
+    value: tuple[int, ...] = ()
+    traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What a batch run does besides its inputs and job settings."""
+
+    out_dir: Path
+    split_shots: bool = False
+    min_task_frames: int = 250  # split runs: frames per task at least
+    overwrite: bool = False  # replace outputs this batch did not make
+    retry_failed: bool = True
+    stale_lock_s: float = locks.DEFAULT_STALE_AFTER_S
+    heartbeat_s: float = locks.DEFAULT_HEARTBEAT_S
+
+
+@dataclass
+class Summary:
+    """What a batch run did: keys done, failed (with reasons), skipped (with reasons)."""
+
+    done: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and the plan
+
+
+def expand_inputs(patterns: Iterable[str]) -> list[Path]:
+    """Files named by ``patterns``: paths, quoted globs (``season1/*.mkv``, ``**`` recursive), or
+    folders (their video files). Sorted and deduplicated; a pattern matching nothing is an error."""
+    found: dict[Path, None] = {}
+    for pattern in patterns:
+        path = Path(pattern).expanduser()
+        if path.is_dir():
+            matches = [p for p in sorted(path.iterdir()) if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES]
+        elif path.exists():
+            matches = [path]
+        else:
+            matches = [Path(m) for m in sorted(glob.glob(str(path), recursive=True)) if Path(m).is_file()]
+        if not matches:
+            raise InputError(f"{pattern}: matches no video files")
+        for match in matches:
+            found.setdefault(match.resolve(), None)
+    return list(found)
+
+
+def output_for(input_path: Path, out_dir: Path) -> Path:
+    """``season1/e01.mkv`` -> ``<out_dir>/e01.mkv`` (the folder says it is restored)."""
+    return out_dir / input_path.name
+
+
+def settings_json(settings: Any, split_shots: bool) -> dict[str, Any]:
+    """The settings recorded in the manifest; a rerun with different ones redoes finished files."""
+    data = asdict(settings)
+    data.pop("overwrite", None)  # the batch decides that per file
+    data["split_shots"] = split_shots
+    return json.loads(json.dumps(data, default=str))
+
+
+def models_in_use(models_dir: str | Path | None = None) -> dict[str, str]:
+    """Catalogued models found on this machine, with their pinned SHA-256 (or "unpinned")."""
+    from iconface_video.weights import MODELS, is_present
+
+    return {m.name: (m.files[0].sha256 or "unpinned") for m in MODELS if is_present(m, models_dir)}
+
+
+def plan(inputs: Sequence[Path], options: BatchOptions, settings: dict[str, Any], models: dict[str, str],
+         emit: Emit) -> tuple[list[FileRecord], Summary]:
+    """Decide for each input whether it must be (re)done; writes the new entries to the manifest.
+
+    Skips what is done with the same settings and still present; redoes what failed (unless
+    ``retry_failed`` is off), what was running when a run died (the segmented encoder resumes it),
+    what changed settings; refuses to replace an output this batch did not make unless
+    ``overwrite``. Two inputs with the same file name would write the same output: an error.
+    """
+    summary = Summary()
+    out_dir = options.out_dir
+    by_name: dict[str, Path] = {}
+    for path in inputs:
+        other = by_name.setdefault(path.name, path)
+        if other != path:
+            raise InputError(f"{other} and {path} would both be written to {output_for(path, out_dir)}; "
+                             "run them into different output folders")
+        if output_for(path, out_dir).resolve() == path:
+            raise InputError(f"{path}: the output folder is the input's folder; choose another with -o")
+    existing = read_manifest(manifest_path(out_dir))
+    todo: list[FileRecord] = []
+    for path in inputs:
+        output = output_for(path, out_dir)
+        key = output.name
+        record = existing.get(key)
+        new = FileRecord(input=str(path), output=str(output), settings=settings, models=models,
+                         attempts=record.attempts if record else 0)
+        reason = _skip_reason(record, new, output, options)
+        if reason is not None:
+            summary.skipped[key] = reason
+            emit("file_skipped", file=str(path), output=str(output), reason=reason)
+            continue
+        todo.append(new)
+    # Only new inputs are written now; a failed or interrupted entry keeps its state and reason
+    # until a worker actually takes it up again.
+    update_manifest(manifest_path(out_dir), {Path(r.output).name: r for r in todo if Path(r.output).name not in existing})
+    return todo, summary
+
+
+def _skip_reason(record: FileRecord | None, new: FileRecord, output: Path, options: BatchOptions) -> str | None:
+    if record is None:
+        if output.exists() and not options.overwrite:
+            return "output exists but was not made by this batch; pass --overwrite to replace it"
+        return None
+    if record.state == "done" and output.exists() and record.settings == new.settings:
+        return "done"
+    if record.state == "failed" and not options.retry_failed:
+        return f"failed before ({record.reason}); not retried"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Executing one item (in a worker process or a Ray task)
+
+
+def execute(item: WorkItem, settings: Any, progress: Any = None, worker: str = "") -> ItemResult:
+    """Run one work item; never raises for a failure of the item itself (the result says why).
+
+    ``settings`` is the ``JobSettings`` of the batch; ``progress`` a ``Progress`` for the stages.
+    """
+    started = time.perf_counter()
+    try:
+        frames, value = _execute(item, settings, progress)
+    except UserError as error:
+        return ItemResult(item, False, str(error), seconds=time.perf_counter() - started, worker=worker)
+    except Exception as error:  # a bug or an environment problem: keep the traceback for the report
+        reason = f"internal error: {type(error).__name__}: {error}"
+        return ItemResult(item, False, reason, seconds=time.perf_counter() - started, worker=worker,
+                          traceback=traceback.format_exc(limit=8))
+    return ItemResult(item, True, frames=frames, seconds=time.perf_counter() - started, worker=worker, value=value)
+
+
+def _execute(item: WorkItem, settings: Any, progress: Any) -> tuple[int | None, tuple[int, ...]]:
+    if item.kind == "file":
+        from iconface_video.pipeline import run_job
+
+        result = run_job(item.input, item.output, replace(settings, overwrite=True), progress=progress)
+        return result.frames, ()
+    from iconface_video.batch import split
+
+    if item.kind == "shots":
+        starts = split.find_shot_starts(item.input)
+        return None, starts
+    frames = split.encode_segments(item.input, item.output, split.split_settings(settings, item.boundaries), item.segments)
+    return frames, ()
+
+
+# --------------------------------------------------------------------------------------------
+# Backends: who runs the items
+
+
+class Backend(Protocol):
+    """Runs items somewhere; ``poll`` returns what happened since the last call."""
+
+    slots: int  # items that can run at once
+
+    def submit(self, item: WorkItem) -> None: ...
+
+    def poll(self, timeout: float) -> list[tuple]: ...  # ("start", item, worker) | ("event", item, dict) | ("end", ItemResult)
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """A local worker: its name (``cuda:1``, ``cpu:0``) and the environment it starts with."""
+
+    name: str
+    env: dict[str, str]
+
+
+def worker_specs(workers: int | None, devices: Sequence[str] | None) -> list[WorkerSpec]:
+    """One worker per GPU in ``devices`` (each sees only its GPU), else ``workers`` CPU workers.
+
+    With neither, one worker per visible GPU, or a single CPU worker on a machine without one.
+    CPU workers share the cores: each gets ``cores / workers`` math threads, so two workers do
+    not oversubscribe the machine.
+    """
+    if devices:
+        return [WorkerSpec(f"cuda:{d}", {"CUDA_VISIBLE_DEVICES": str(d)}) for d in devices]
+    if workers is None:
+        import torch
+
+        count = torch.cuda.device_count()
+        if count:
+            return worker_specs(None, [str(i) for i in range(count)])
+        workers = 1
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    return [WorkerSpec(f"cpu:{i}", dict(env)) for i in range(workers)]
+
+
+class _QueueWriter(io.TextIOBase):
+    """A text stream for ``Progress(json_out=...)`` that forwards each JSON line to the driver."""
+
+    def __init__(self, results: Any, item: WorkItem) -> None:
+        self._results, self._item = results, item
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            if line.strip():
+                self._results.put(("event", self._item, json.loads(line)))
+        return len(text)
+
+
+def _worker_main(spec: WorkerSpec, settings: Any, tasks: Any, results: Any) -> None:
+    """A local worker process: run items from ``tasks`` until ``None``; report on ``results``."""
+    # Before anything imports torch: CUDA then sees only this worker's device, and torch's
+    # thread pool takes its size from OMP_NUM_THREADS.
+    os.environ.update(spec.env)
+    _exit_with_parent()
+    from iconface_video.progress import Progress
+
+    while (item := tasks.get()) is not None:
+        results.put(("start", item, spec.name))
+        progress = Progress(json_lines=True, json_out=_QueueWriter(results, item))
+        results.put(("end", execute(item, settings, progress, spec.name)))
+
+
+def _exit_with_parent() -> None:
+    """Exit this worker as soon as the driver dies (``kill -9``), so no orphan keeps a GPU busy."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+class LocalBackend:
+    """Spawned worker processes on this machine, one per :class:`WorkerSpec`.
+
+    Each worker has its own task queue, so the driver always knows which item a worker holds: a
+    worker that dies (segfault, out of memory) fails exactly that item and is replaced.
+    """
+
+    def __init__(self, specs: Sequence[WorkerSpec], settings: Any, max_restarts: int = 8) -> None:
+        self._ctx = multiprocessing.get_context("spawn")  # fork + CUDA/threads is unsafe
+        self._settings = settings
+        self._results = self._ctx.Queue()
+        self._workers: dict[str, tuple[Any, Any]] = {}  # name -> (process, task queue)
+        self._busy: dict[str, WorkItem] = {}
+        self._specs = {spec.name: spec for spec in specs}
+        self._restarts_left = max_restarts
+        self.slots = len(specs)
+        for spec in specs:
+            self._start(spec)
+
+    def _start(self, spec: WorkerSpec) -> None:
+        tasks = self._ctx.Queue()
+        process = self._ctx.Process(target=_worker_main, args=(spec, self._settings, tasks, self._results),
+                                    name=f"iconface-batch-{spec.name}", daemon=True)
+        process.start()
+        self._workers[spec.name] = (process, tasks)
+
+    def submit(self, item: WorkItem) -> None:
+        name = next(n for n in self._workers if n not in self._busy)
+        self._busy[name] = item
+        self._workers[name][1].put(item)
+
+    def poll(self, timeout: float) -> list[tuple]:
+        messages = []
+        try:
+            messages.append(self._results.get(timeout=timeout))
+            while True:
+                messages.append(self._results.get_nowait())
+        except queue_module.Empty:
+            pass
+        for message in messages:
+            if message[0] == "end":
+                self._busy.pop(message[1].worker, None)
+        if not messages:  # only when the pipe is drained can a dead worker's last words be missing
+            messages.extend(self._reap())
+        return messages
+
+    def _reap(self) -> list[tuple]:
+        lost = []
+        for name, (process, _) in list(self._workers.items()):
+            if process.is_alive():
+                continue
+            item = self._busy.pop(name, None)
+            del self._workers[name]
+            if item is not None:
+                reason = f"worker {name} died (exit code {process.exitcode}) while processing it"
+                lost.append(("end", ItemResult(item, False, reason, worker=name)))
+            if self._restarts_left > 0:
+                self._restarts_left -= 1
+                self._start(self._specs[name])
+        self.slots = len(self._workers)
+        if not self._workers:
+            raise RuntimeError("every batch worker died; see the failures above")
+        return lost
+
+    def close(self) -> None:
+        for process, tasks in self._workers.values():
+            tasks.put(None)
+        for process, _ in self._workers.values():
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+
+
+@dataclass
+class _FileState:
+    record: FileRecord
+    lock: locks.FileLock | None = None
+    waiting: set[str] = field(default_factory=set)  # ids of items still out
+    boundaries: tuple[int, ...] = ()
+    frames: int = 0
+    failure: str | None = None
+    started: float = 0.0
+
+
+class Driver:
+    """Runs one batch: dispatches items to a backend, keeps the manifest and locks, emits events."""
+
+    def __init__(self, records: Sequence[FileRecord], settings: Any, options: BatchOptions, backend: Backend,
+                 emit: Emit, run_id: str | None = None) -> None:
+        self.settings = settings
+        self.options = options
+        self.backend = backend
+        self.emit = emit
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.manifest = manifest_path(options.out_dir)
+        self.files = {Path(r.output).name: _FileState(r) for r in records}
+        self.queue: deque[WorkItem] = deque(self._first_item(r) for r in records)
+        self.summary = Summary()
+
+    def _first_item(self, record: FileRecord) -> WorkItem:
+        kind: ItemKind = "shots" if self.options.split_shots else "file"
+        return WorkItem(kind, Path(record.output).name, record.input, record.output)
+
+    def run(self) -> Summary:
+        started = time.perf_counter()
+        in_flight: dict[str, WorkItem] = {}
+        try:
+            while self.queue or in_flight:
+                while self.queue and len(in_flight) < max(1, self.backend.slots):
+                    item = self.queue.popleft()
+                    if self._claim(item):
+                        in_flight[item.id] = item
+                        self.files[item.key].waiting.add(item.id)
+                        self.backend.submit(item)
+                for message in self.backend.poll(0.5):
+                    if message[0] == "end":
+                        in_flight.pop(message[1].item.id, None)
+                    self._handle(message)
+        finally:
+            for state in self.files.values():
+                if state.lock is not None:
+                    state.lock.release()
+            self.backend.close()
+        self.summary.seconds = time.perf_counter() - started
+        return self.summary
+
+    def _claim(self, item: WorkItem) -> bool:
+        """Before an input's first item: take its lock (skip the input if another run holds it)."""
+        state = self.files[item.key]
+        if state.lock is not None:
+            return True
+        path = locks.lock_path_for(self.options.out_dir, item.key)
+        try:
+            state.lock = locks.acquire(path, self.run_id, stale_after_s=self.options.stale_lock_s,
+                                       heartbeat_s=self.options.heartbeat_s)
+        except locks.LockedError as error:
+            reason = f"skipped: {error}"
+            self.summary.skipped[item.key] = reason
+            self.emit("file_skipped", file=item.input, output=item.output, reason=reason)
+            return False
+        state.started = time.time()
+        record = state.record
+        state.record = set_state(self.manifest, item.key, "running", reason=None, attempts=record.attempts + 1,
+                                 started=state.started, finished=None, worker=None, input=record.input,
+                                 settings=record.settings, models=record.models)
+        return True
+
+    def _handle(self, message: tuple) -> None:
+        kind = message[0]
+        if kind == "start":
+            _, item, worker = message
+            state = self.files[item.key]
+            if item.kind != "segments":
+                self.emit("file_start", file=item.input, output=item.output, worker=worker,
+                          attempt=state.record.attempts, split=self.options.split_shots)
+                state.record = set_state(self.manifest, item.key, "running", worker=f"{worker} on {socket.gethostname()}")
+            else:
+                self.emit("segment_start", file=item.input, worker=worker, segments=list(item.segments))
+        elif kind == "event":
+            _, item, event = message
+            self.emit(event.pop("event"), file=item.input, **event)
+        else:
+            self._finished(message[1])
+
+    def _finished(self, result: ItemResult) -> None:
+        item = result.item
+        state = self.files[item.key]
+        state.waiting.discard(item.id)
+        if not result.ok:
+            state.failure = state.failure or result.reason
+            if result.traceback:
+                self.emit("traceback", file=item.input, traceback=result.traceback)
+        elif item.kind == "shots":
+            self._queue_segments(item, result.value)
+        elif item.kind == "segments":
+            state.frames += result.frames or 0
+            self.emit("segment_done", file=item.input, segments=list(item.segments), frames=result.frames,
+                      seconds=round(result.seconds, 3), worker=result.worker)
+        else:
+            state.frames = result.frames or 0
+        if state.waiting:
+            return
+        if state.failure is None and item.kind != "file":
+            self._join(state)
+        self._close_file(state)
+
+    def _queue_segments(self, item: WorkItem, shot_starts: tuple[int, ...]) -> None:
+        from iconface_video.batch import split
+
+        state = self.files[item.key]
+        state.boundaries = shot_starts
+        try:
+            plan = split.plan_for(item.input, item.output, split.split_settings(self.settings, shot_starts))
+        except UserError as error:
+            state.failure = str(error)
+            return
+        groups = split.group_segments(plan.ranges, plan.pending(), self.options.min_task_frames)
+        items = [WorkItem("segments", item.key, item.input, item.output, group, shot_starts) for group in groups]
+        state.waiting.update(i.id for i in items)
+        self.emit("file_split", file=item.input, shots=len(shot_starts), segments=len(plan.ranges),
+                  tasks=len(groups), reused=len(plan.ranges) - len(plan.pending()))
+        # To the front of the queue: finish files one by one rather than all at the end.
+        self.queue.extendleft(reversed(items))
+
+    def _join(self, state: _FileState) -> None:
+        from iconface_video.batch import split
+        from iconface_video.io.transcode import finish
+
+        record = state.record
+        started = time.perf_counter()
+        try:
+            settings = split.split_settings(self.settings, state.boundaries)
+            plan = split.plan_for(record.input, record.output, settings)
+            warnings = finish(plan, overwrite=True)
+        except UserError as error:
+            state.failure = str(error)
+            return
+        except Exception as error:
+            state.failure = f"internal error while joining: {type(error).__name__}: {error}"
+            return
+        state.frames = plan.frame_count
+        for warning in warnings:
+            self.emit("warning", file=record.input, stage="mux", message=warning)
+        self.emit("file_joined", file=record.input, output=record.output, segments=len(plan.ranges),
+                  seconds=round(time.perf_counter() - started, 3))
+
+    def _close_file(self, state: _FileState) -> None:
+        key = Path(state.record.output).name
+        now = time.time()
+        seconds = round(now - state.started, 3)
+        if state.failure is None:
+            state.record = set_state(self.manifest, key, "done", reason=None, finished=now, frames=state.frames,
+                                     seconds=seconds)
+            self.summary.done.append(key)
+            self.emit("file_done", file=state.record.input, output=state.record.output, frames=state.frames,
+                      seconds=seconds)
+        else:
+            state.record = set_state(self.manifest, key, "failed", reason=state.failure, finished=now, seconds=seconds)
+            self.summary.failed[key] = state.failure
+            self.emit("file_failed", file=state.record.input, output=state.record.output, reason=state.failure)
+        if state.lock is not None:
+            state.lock.release()
+            state.lock = None
+
+
+def run_batch(inputs: Sequence[Path], settings: Any, options: BatchOptions, backend_factory: Callable[[], Backend],
+              emit: Emit, models: dict[str, str] | None = None) -> Summary:
+    """Plan, run and summarise one batch; ``backend_factory`` is called only if there is work."""
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    models = models_in_use() if models is None else models
+    records, summary = plan(inputs, options, settings_json(settings, options.split_shots), models, emit)
+    emit("batch_start", files=len(inputs), todo=len(records), skipped=len(summary.skipped),
+         output_dir=str(options.out_dir), manifest=str(manifest_path(options.out_dir)))
+    if records:
+        result = Driver(records, settings, options, backend_factory(), emit).run()
+        result.skipped = {**summary.skipped, **result.skipped}
+        summary = result
+    emit("batch_done", done=len(summary.done), failed=len(summary.failed), skipped=len(summary.skipped),
+         seconds=round(summary.seconds, 3), failures=[{"output": k, "reason": v} for k, v in summary.failed.items()])
+    return summary

@@ -1,0 +1,58 @@
+"""``iconface-video analyze movie.mp4``: shots, face tracks, identities and references -> the analysis file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("analyze")
+@click.argument("video", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None,
+              help="Analysis file to write (default: VIDEO's name with .iconface.json, beside it).")
+@click.option("--detect-every", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the face detector every k-th frame of a shot and interpolate between (faster).")
+@click.option("--refs", "refs", multiple=True, metavar="NAME=DIR",
+              help="Photos of a person: names the identity they match and adds them as references (repeatable).")
+@click.option("--max-refs", type=click.IntRange(min=0), default=4, show_default=True,
+              help="References kept per identity.")
+@click.option("--detector", type=click.Choice(["auto", "mtcnn", "insightface", "facexlib"]), default="auto",
+              show_default=True, help="Face detector (auto: the strongest whose weights are present).")
+@click.option("--embedder", type=click.Choice(["dlib", "arcface", "adaface"]), default="dlib", show_default=True,
+              help="Identity encoder for tracking and identities.")
+@click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder holding downloaded model weights.")
+@click.option("--device", default="cpu", show_default=True, help="torch device for the detector (cpu, cuda, cuda:1).")
+@click.option("--start", type=click.IntRange(min=0), default=None, help="First frame to analyse.")
+@click.option("--end", type=click.IntRange(min=1), default=None, help="Stop before this frame.")
+@click.option("--no-contact-sheets", is_flag=True, help="Do not write the per-identity contact sheets.")
+@click.option("--json", "json_lines", is_flag=True, help="Progress as JSON lines on stdout (for scripts).")
+def command(video: Path, output: Path | None, detect_every: int, refs: tuple[str, ...], max_refs: int,
+            detector: str, embedder: str, models_dir: Path | None, device: str, start: int | None, end: int | None,
+            no_contact_sheets: bool, json_lines: bool) -> None:
+    """Find shots, face tracks, identities and references in VIDEO; write the analysis file.
+
+    \b
+    iconface-video analyze movie.mp4                       # -> movie.iconface.json + movie.iconface.refs/
+    iconface-video analyze movie.mp4 --refs "Anna=photos/anna/" --detect-every 4
+    """
+    from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video, default_output, parse_ref_spec, refs_folder
+    from iconface_video.progress import Progress
+
+    settings = AnalyzeSettings(
+        detect_every=detect_every, max_refs=max_refs, detector=detector, embedder=embedder, models_dir=models_dir,
+        device=device, refs=tuple(parse_ref_spec(spec) for spec in refs), start=start, end=end,
+        contact_sheets=not no_contact_sheets,
+    )
+    output = output or default_output(video)
+    progress = Progress.create(json_lines=json_lines)
+    analysis = analyze_video(video, output, settings, progress)
+    if not json_lines:
+        named = sum(1 for i in analysis.identities if i.name)
+        click.echo(
+            f"{output}: {len(analysis.shots)} shots, {len(analysis.tracks)} face tracks, "
+            f"{len(analysis.identities)} identities ({named} named), {len(analysis.references)} references; "
+            f"crops and contact sheets in {refs_folder(output)}/",
+            err=True,
+        )

@@ -1,0 +1,151 @@
+"""The core's configuration: one frozen dataclass, loaded from ``configs/core/<preset>.yaml``.
+
+Every interpretation of the IConFace paper that core-design.md §1 flags as *ours* is a field here,
+so an ablation is a config change, not a code change:
+
+- ``hybrid_concat``   degraded patch channel-concatenated into the scene input (interpretation 1)
+- ``topology``        ``one_way`` (conditions attend only to themselves → cacheable) or ``full``
+- ``xattn_routes``    two-route degraded memory: ``AB`` (static + contextual), ``A`` or ``B`` only
+- ``xattn_every``     block-wise degraded cross-attention every n-th block (0 = off)
+- ``lora_r``          segment-routed LoRA rank for degraded/reference rows (0 = off)
+- ``struct_r``        aligned low-rank structure residual rank (0 = off)
+- ``id_gamma``        anchor weight = reliability · ‖f‖^γ (γ = 0: plain reliability mean)
+- ``x0_residual``     the head predicts x̂0 − lq instead of x̂0 (ours, not the paper's: a zero-
+                      initialised head then starts at "return the input", which is what a small
+                      model trained on a CPU for hours needs; it is still x-prediction)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONFIG_VERSION = 1
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "core"
+
+TOPOLOGIES = ("one_way", "full")
+XATTN_ROUTES = ("AB", "A", "B")
+TEMPLATES = ("arcface", "ffhq")
+ID_ENCODERS = {"dlib": 128, "arcface": 512, "adaface": 512, "proxy": 128}  # name -> feature dim (proxy: any)
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """All sizes and switches of one IConFace core.
+
+    Defaults are the ``tiny`` preset's sizes with the weight-free ``proxy`` identity encoder (for
+    tests); the shipped presets are the YAML files in ``configs/core/``.
+    """
+
+    name: str = "tiny"
+    # Crops and tokens.
+    crop_size: int = 112  # R: aligned crop side in pixels
+    ref_size: int = 64  # Rr: reference crops are resized to this side before patching
+    patch: int = 16
+    template: str = "arcface"  # the alignment template the crops must follow (faces/align.py)
+    # Width and depth.
+    dim: int = 128
+    heads: int = 4
+    n_dual: int = 2
+    n_single: int = 4
+    mlp_ratio: int = 3  # SwiGLU hidden = mlp_ratio * dim
+    rope_theta: float = 2000.0
+    # Structure pathway (core-design §5.6 a–e).
+    hybrid_concat: bool = True
+    lora_r: int = 8
+    struct_r: int = 16
+    xattn_every: int = 1
+    xattn_routes: str = "AB"
+    topology: str = "one_way"
+    # Identity pathway (§5.7).
+    id_encoder: str = "proxy"
+    id_dim: int = 128
+    id_gamma: float = 1.0
+    id_norm_min: float = 0.0
+    # Objective and sampling (§5.9–5.10).
+    x0_residual: bool = True
+    t_mu: float = 0.0  # logit-normal mean of training times
+    time_shift: float = 1.0  # FLUX-style shift of the sampling schedule (1 = linear)
+    t_min_velocity: float = 0.05  # v̂ = (x_t - x̂0) / max(t, t_min_velocity)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.crop_size % self.patch or self.ref_size % self.patch:
+            problems.append(f"crop_size {self.crop_size} and ref_size {self.ref_size} must be multiples of patch {self.patch}")
+        if self.dim % self.heads:
+            problems.append(f"dim {self.dim} must be a multiple of heads {self.heads}")
+        elif (self.dim // self.heads) % 8:
+            problems.append(f"head dim {self.dim // self.heads} must be a multiple of 8 (RoPE split)")
+        if self.topology not in TOPOLOGIES:
+            problems.append(f"topology {self.topology!r} not in {TOPOLOGIES}")
+        if self.xattn_routes not in XATTN_ROUTES:
+            problems.append(f"xattn_routes {self.xattn_routes!r} not in {XATTN_ROUTES}")
+        if self.template not in TEMPLATES:
+            problems.append(f"template {self.template!r} not in {TEMPLATES}")
+        if self.id_encoder not in ID_ENCODERS:
+            problems.append(f"id_encoder {self.id_encoder!r} not in {tuple(ID_ENCODERS)}")
+        elif self.id_encoder != "proxy" and self.id_dim != ID_ENCODERS[self.id_encoder]:
+            problems.append(f"id_encoder {self.id_encoder} gives {ID_ENCODERS[self.id_encoder]}-d features, not id_dim {self.id_dim}")
+        if problems:
+            raise ValueError("bad core config: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def grid(self) -> int:
+        """Scene (and degraded) patches per side."""
+        return self.crop_size // self.patch
+
+    @property
+    def ref_grid(self) -> int:
+        return self.ref_size // self.patch
+
+    @property
+    def patch_dim(self) -> int:
+        return 3 * self.patch * self.patch
+
+    @property
+    def n_blocks(self) -> int:
+        return self.n_dual + self.n_single
+
+    def has_xattn(self, block: int) -> bool:
+        """Whether block ``block`` (0-based over dual then single blocks) has degraded cross-attention."""
+        return self.xattn_every > 0 and (block + 1) % self.xattn_every == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": CONFIG_VERSION, **dataclasses.asdict(self)}
+
+    def replace(self, **changes: Any) -> CoreConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CoreConfig:
+        """Build from a dict (YAML or checkpoint sidecar); unknown keys are an error, not ignored."""
+        data = dict(data)
+        version = data.pop("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ValueError(f"core config version {version} is not supported (expected {CONFIG_VERSION})")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown core config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def load_config(path_or_preset: str | Path) -> CoreConfig:
+    """Load a YAML/JSON config file, or a preset name (``tiny``, ``s256``, ``b512``) from configs/core/."""
+    path = Path(path_or_preset)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{path_or_preset}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"core config not found: {path}")
+    text = path.read_text()
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    return CoreConfig.from_dict(data)

@@ -1,0 +1,56 @@
+"""Few-step Euler sampling of the x-prediction flow (core-design §5.10).
+
+Step from t to t' < t: x ← x̂0 + (t'/t)·(x − x̂0) (exact for the straight path through x̂0); the
+last step (t' = 0) returns x̂0. With the ``one_way`` topology the cond stream is encoded once and
+every step recomputes scene rows only; ``cached=False`` (or ``full``) runs the joint pass per step.
+
+Noise is drawn once per *track* from a generator seeded by (seed, track id), so a crop's result
+does not depend on its batch-mates and every frame of a track starts from the same noise field
+(crops are aligned, so the same noise lands on the same facial region: temporally stable).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .model import Conditions, IConFaceCore
+
+
+def time_schedule(steps: int, shift: float = 1.0) -> list[float]:
+    """steps+1 times from 1 to 0, FLUX-style shifted: t' = s·t / (1 + (s − 1)·t)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    ts = [1.0 - i / steps for i in range(steps + 1)]
+    return [shift * t / (1 + (shift - 1) * t) for t in ts]
+
+
+def _track_seed(seed: int, track_id: int) -> int:
+    # SplitMix-style mixing keeps nearby (seed, track) pairs far apart and fits a 63-bit seed.
+    z = (seed * 0x9E3779B97F4A7C15 + track_id * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) & (2**64 - 1)
+    z ^= z >> 31
+    return z & (2**63 - 1)
+
+
+def track_noise(track: torch.Tensor, seed: int, shape: tuple[int, int, int]) -> torch.Tensor:
+    """float32[B, *shape] on the CPU: one standard-normal sample per distinct track id, repeated."""
+    ids = track.detach().cpu().tolist()
+    per_track: dict[int, torch.Tensor] = {}
+    for tid in dict.fromkeys(ids):
+        gen = torch.Generator().manual_seed(_track_seed(seed, int(tid)))
+        per_track[tid] = torch.randn(shape, generator=gen)
+    return torch.stack([per_track[t] for t in ids]) if ids else torch.zeros(0, *shape)
+
+
+@torch.no_grad()
+def sample(model: IConFaceCore, cond: Conditions, noise: torch.Tensor, steps: int = 4, cached: bool = True) -> torch.Tensor:
+    """Euler-sample x̂0 float[B, 3, R, R] in [-1, 1] from noise float[B, 3, R, R]."""
+    ts = time_schedule(steps, model.config.time_shift)
+    use_cache = cached and model.config.topology == "one_way"
+    cache = model.encode_conditions(cond) if use_cache else None
+    x = noise
+    b = noise.shape[0]
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        tt = torch.full((b,), t, device=noise.device, dtype=torch.float32)
+        x0 = model.scene_forward(x, tt, cache) if cache is not None else model(x, tt, cond)
+        x = x0 if t_next == 0 else x0 + (t_next / t) * (x - x0)
+    return x

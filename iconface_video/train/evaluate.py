@@ -1,0 +1,234 @@
+"""Evaluation on held-out identities: synthetic degradations per bucket, four methods, three metrics.
+
+For every chosen photo and bucket the photo is degraded reproducibly (``sample_rng(seed, bucket,
+person, image)``), then restored four ways:
+
+- ``input``: the degraded crop itself (bilinear back to crop size, as the degradation produces it);
+- ``bicubic_unsharp``: the degraded image at its reduced size, bicubic up-sampled and sharpened
+  with an unsharp mask (the classical baseline);
+- ``model_noref``: the restorer with no references;
+- ``model_ref``: the restorer with up to ``k_refs`` *other* photos of the same person as references
+  (never the target; the photos are used as they are, like user-supplied reference photos).
+
+Metrics against the clean photo: PSNR and SSIM (scikit-image, RGB, uint8 range) and the cosine
+between identity embeddings of output and truth (the embedded dlib encoder by default).
+Records: one per (method, bucket) with keys ``method, bucket, psnr, ssim, id_cos, n``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from iconface_video.train import degrade as D
+from iconface_video.train.data import IdentitySet, load_crop, pick_references, template_warp
+
+METHODS = ("input", "bicubic_unsharp", "model_noref", "model_ref")
+RECORD_KEYS = ("method", "bucket", "psnr", "ssim", "id_cos", "n")
+
+# restore(lq float32[B,3,R,R] in [0,1], refs: list (per crop) of float32[K,3,R,R] in [0,1]) -> float32[B,3,R,R]
+RestoreFn = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
+# embed(uint8[N,112,112,3] ArcFace-aligned) -> float32[N, D]
+EmbedFn = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One degraded photo: ``hq``/``lq``: ``float32[R, R, 3]``, ``small``: ``float32[r, r, 3]``,
+    ``refs``: ``float32[K, R, R, 3]`` other photos of the person."""
+
+    person: str
+    image: int
+    bucket: str
+    hq: np.ndarray
+    lq: np.ndarray
+    small: np.ndarray
+    refs: np.ndarray
+
+
+def choose_images(ids: IdentitySet, per_person: int, seed: int) -> list[tuple[int, int]]:
+    """A fixed sample of ``per_person`` (person, image) pairs per person (fewer if they have fewer)."""
+    out = []
+    for p, paths in enumerate(ids.paths):
+        rng = D.sample_rng(seed, 7919, p)
+        n = min(per_person, len(paths))
+        out += [(p, int(i)) for i in sorted(rng.choice(len(paths), size=n, replace=False))]
+    return out
+
+
+def build_cases(ids: IdentitySet, *, buckets: Sequence[str], per_person: int, k_refs: int, seed: int,
+                crop_size: int, template: str) -> list[Case]:
+    """Degrade each chosen photo once per bucket and pick its references (same for all buckets)."""
+    warp = template_warp(ids.template, ids.size, template, crop_size)
+    cases = []
+    for p, i in choose_images(ids, per_person, seed):
+        hq = load_crop(ids.paths[p][i], warp, crop_size)
+        picks = pick_references(D.sample_rng(seed, 104729, p, i), len(ids.paths[p]), i, k_refs)
+        refs = np.stack([load_crop(ids.paths[p][int(r)], warp, crop_size) for r in picks]) if len(picks) \
+            else np.zeros((0, crop_size, crop_size, 3), np.float32)
+        for b, bucket in enumerate(buckets):
+            d = D.degrade(hq, D.sample_rng(seed, b, p, i), bucket)
+            cases.append(Case(ids.people[p], i, bucket, hq, d.lq, d.small, refs))
+    return cases
+
+
+def bicubic_unsharp(small: np.ndarray, size: int, amount: float = 0.6, sigma: float = 1.0) -> np.ndarray:
+    """Classical baseline: bicubic up-sampling of ``float32[r, r, 3]`` to ``size``, then unsharp mask."""
+    up = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+    blurred = cv2.GaussianBlur(up, (0, 0), sigma * size / 112.0)
+    return np.clip(up + amount * (up - blurred), 0.0, 1.0).astype(np.float32)
+
+
+def to_u8(img: np.ndarray) -> np.ndarray:
+    return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def psnr(out: np.ndarray, truth: np.ndarray) -> float:
+    return float(peak_signal_noise_ratio(to_u8(truth), to_u8(out), data_range=255))
+
+
+def ssim(out: np.ndarray, truth: np.ndarray) -> float:
+    return float(structural_similarity(to_u8(truth), to_u8(out), channel_axis=2, data_range=255))
+
+
+def id_cosines(out: np.ndarray, truth: np.ndarray, embed: EmbedFn, template: str) -> np.ndarray:
+    """Cosine ``float32[N]`` between identity embeddings of ``float32[N, R, R, 3]`` outputs and truths."""
+    size = out.shape[1]
+    warp = template_warp(template, size, "arcface", 112)
+
+    def prep(x: np.ndarray) -> np.ndarray:
+        u8 = to_u8(x)
+        if warp is None:
+            return u8
+        return np.stack([cv2.warpAffine(im, warp, (112, 112), flags=cv2.INTER_AREA,
+                                        borderMode=cv2.BORDER_REFLECT_101) for im in u8])
+
+    a = np.asarray(embed(prep(out)), np.float64)
+    b = np.asarray(embed(prep(truth)), np.float64)
+    a /= np.linalg.norm(a, axis=1, keepdims=True) + 1e-12
+    b /= np.linalg.norm(b, axis=1, keepdims=True) + 1e-12
+    return (a * b).sum(1).astype(np.float32)
+
+
+def run_methods(cases: Sequence[Case], restore: RestoreFn | None, batch: int = 16) -> dict[str, np.ndarray]:
+    """Outputs ``float32[N, R, R, 3]`` per method (model methods only when ``restore`` is given)."""
+    size = cases[0].hq.shape[0]
+    outs = {
+        "input": np.stack([c.lq for c in cases]),
+        "bicubic_unsharp": np.stack([bicubic_unsharp(c.small, size) for c in cases]),
+    }
+    if restore is None:
+        return outs
+    noref, ref = [], []
+    for s in range(0, len(cases), batch):
+        chunk = cases[s:s + batch]
+        lq = np.stack([c.lq for c in chunk]).transpose(0, 3, 1, 2)
+        empty = [np.zeros((0, 3, size, size), np.float32) for _ in chunk]
+        noref.append(restore(lq, empty))
+        ref.append(restore(lq, [c.refs.transpose(0, 3, 1, 2) for c in chunk]))
+    outs["model_noref"] = np.concatenate(noref).transpose(0, 2, 3, 1)
+    outs["model_ref"] = np.concatenate(ref).transpose(0, 2, 3, 1)
+    return outs
+
+
+def score(cases: Sequence[Case], outs: dict[str, np.ndarray], embed: EmbedFn | None,
+          template: str) -> list[dict]:
+    """One record per (method, bucket): means of PSNR, SSIM and identity cosine over its cases."""
+    truth = np.stack([c.hq for c in cases])
+    buckets = [c.bucket for c in cases]
+    records = []
+    for method, out in outs.items():
+        p = np.array([psnr(o, t) for o, t in zip(out, truth)])
+        s = np.array([ssim(o, t) for o, t in zip(out, truth)])
+        cos = id_cosines(out, truth, embed, template) if embed is not None else np.full(len(out), np.nan)
+        for bucket in dict.fromkeys(buckets):
+            m = np.array([b == bucket for b in buckets])
+            records.append({
+                "method": method, "bucket": bucket, "psnr": round(float(p[m].mean()), 4),
+                "ssim": round(float(s[m].mean()), 5),
+                "id_cos": None if np.isnan(cos[m]).all() else round(float(cos[m].mean()), 5),
+                "n": int(m.sum()),
+            })
+    return records
+
+
+def write_json(path: Path, records: list[dict], meta: dict) -> None:
+    """``{"meta": ..., "records": [...]}`` written to a temporary file, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"meta": meta, "records": records}, indent=2))
+    os.replace(tmp, path)
+
+
+def write_grid(path: Path, cases: Sequence[Case], outs: dict[str, np.ndarray], rows_per_bucket: int = 3) -> None:
+    """PNG grid: one row per shown case; columns input / each method's output / truth."""
+    size = cases[0].hq.shape[0]
+    cols = ["input"] + [m for m in outs if m != "input"] + ["truth"]
+    shown: dict[str, int] = {}
+    rows = []
+    for n, c in enumerate(cases):
+        if shown.get(c.bucket, 0) >= rows_per_bucket:
+            continue
+        shown[c.bucket] = shown.get(c.bucket, 0) + 1
+        tiles = [c.hq if col == "truth" else outs[col][n] for col in cols]
+        rows.append(np.concatenate([to_u8(t) for t in tiles], axis=1))
+    header = np.full((18, size * len(cols), 3), 255, np.uint8)
+    for j, col in enumerate(cols):
+        cv2.putText(header, col[:16], (j * size + 2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
+    grid = np.concatenate([header] + rows, axis=0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    cv2.imwrite(str(tmp), grid[..., ::-1])
+    os.replace(tmp, path)
+
+
+def restorer_fn(restorer, embed: EmbedFn | None, *, steps: int, seed: int) -> RestoreFn:
+    """Adapt a ``core.restorer.Restorer`` to :data:`RestoreFn` (one track per crop).
+
+    Reference identity features come from ``embed`` (the checkpoint's encoder on the ArcFace 112
+    warp) so the evaluation and the pipeline see the same anchor inputs.
+    """
+    import torch
+
+    def restore(lq: np.ndarray, refs: Sequence[np.ndarray]) -> np.ndarray:
+        b = lq.shape[0]
+        counts = [len(r) for r in refs]
+        all_refs = np.concatenate(list(refs)) if sum(counts) else None
+        feat = None
+        if all_refs is not None and embed is not None and restorer.config.id_encoder != "proxy":
+            nhwc = all_refs.transpose(0, 2, 3, 1)
+            warp = template_warp(restorer.template, nhwc.shape[1], "arcface", 112)
+            u8 = to_u8(nhwc)
+            if warp is not None:
+                u8 = np.stack([cv2.warpAffine(im, warp, (112, 112), flags=cv2.INTER_AREA) for im in u8])
+            feat = torch.from_numpy(np.asarray(embed(u8), np.float32))
+        out = restorer.restore(
+            torch.from_numpy(np.ascontiguousarray(lq)).float(), torch.arange(b),
+            refs=None if all_refs is None else torch.from_numpy(all_refs).float(),
+            ref_track=None if all_refs is None else torch.from_numpy(np.repeat(np.arange(b), counts)).long(),
+            ref_feat=feat, seed=seed, steps=steps)
+        return out.crops.numpy()
+
+    return restore
+
+
+def evaluate(ids: IdentitySet, *, restorer=None, embed: EmbedFn | None = None, buckets: Sequence[str] = D.BUCKETS,
+             per_person: int = 12, k_refs: int = 4, seed: int = 0, steps: int = 4, crop_size: int = 112,
+             template: str = "arcface") -> tuple[list[dict], list[Case], dict[str, np.ndarray]]:
+    """Degrade, restore and score ``ids`` (held-out people). Returns (records, cases, outputs)."""
+    if restorer is not None:
+        crop_size, template = restorer.crop_size, restorer.template
+    cases = build_cases(ids, buckets=buckets, per_person=per_person, k_refs=k_refs, seed=seed,
+                        crop_size=crop_size, template=template)
+    restore = None if restorer is None else restorer_fn(restorer, embed, steps=steps, seed=seed)
+    outs = run_methods(cases, restore)
+    return score(cases, outs, embed, template), cases, outs

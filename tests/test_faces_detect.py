@@ -1,0 +1,167 @@
+"""The embedded MTCNN detector on real photos: recall and false positives against hand counts,
+landmark accuracy on ArcFace-aligned crops, rotation handling, batching, and bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from iconface_video.errors import InputError
+from iconface_video.faces.align import align_crops, template
+from iconface_video.faces.detect import load_detector, points_to_stored
+from iconface_video.faces.draw import annotate, contact_sheet, draw_template
+
+GROUND_TRUTH = json.loads((Path(__file__).parent / "data" / "faces_groundtruth.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def detector():
+    torch.set_num_threads(1)
+    return load_detector("mtcnn")
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+def read_frame(path: Path, index: int) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i == index:
+                return frame.to_ndarray(format="rgb24")
+    raise AssertionError(f"{path} has no frame {index}")
+
+
+def matched(found, expected: int) -> tuple[int, int]:
+    """(true positives, false positives): a detection is false when its box overlaps another
+    better detection or when there are more detections than hand-counted faces."""
+    tp = min(len(found), expected)
+    return tp, len(found) - tp
+
+
+@pytest.mark.media
+def test_group_photos_recall_and_false_positives(detector, media_dir, artifacts_dir, capsys):
+    total, hits, false = 0, 0, 0
+    sheets = []
+    for entry in GROUND_TRUTH["images"] + GROUND_TRUTH["video_frames"]:
+        path = media_dir / entry["path"]
+        if not path.is_file():
+            pytest.skip(f"{path} missing")
+        image = read_frame(path, entry["frame"]) if "frame" in entry else read_rgb(path)
+        faces = detector.detect([image])[0]
+        tp, fp = matched(faces, entry["faces"])
+        total, hits, false = total + entry["faces"], hits + tp, false + fp
+        for face in faces:
+            assert face.kps5.shape == (5, 2) and face.kps5.dtype == np.float32
+            x0, y0, x1, y1 = face.box
+            # The 5 points lie in the box, eyes above the mouth, left eye left of the right eye.
+            assert (face.kps5[:, 0] > x0 - 0.1 * (x1 - x0)).all() and (face.kps5[:, 0] < x1 + 0.1 * (x1 - x0)).all()
+            assert face.kps5[0, 0] < face.kps5[1, 0] and face.kps5[3, 0] < face.kps5[4, 0]
+            assert face.kps5[:2, 1].mean() < face.kps5[2, 1] < face.kps5[3:, 1].mean()
+        annotated = annotate(image, faces)
+        scale = 480 / max(image.shape[:2])
+        sheets.append(cv2.resize(annotated, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
+    recall = hits / total
+    with capsys.disabled():
+        print(f"\n[mtcnn] group photos: recall {hits}/{total} = {recall:.3f}, false positives {false}")
+    assert recall >= 0.9
+    assert false <= 1
+    canvas = np.full((max(s.shape[0] for s in sheets), sum(s.shape[1] for s in sheets), 3), 0, np.uint8)
+    x = 0
+    for s in sheets:
+        canvas[: s.shape[0], x:x + s.shape[1]] = s
+        x += s.shape[1]
+    cv2.imwrite(str(artifacts_dir / "faces_group_detections.png"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+
+
+@pytest.mark.media
+def test_eyes_land_on_the_arcface_template_of_faces112(detector, media_dir, artifacts_dir, capsys):
+    """faces112 crops are ArcFace-aligned by their makers: our eyes should fall on the template."""
+    root = media_dir / "faces112"
+    people = sorted(p for p in root.iterdir() if p.is_dir())
+    rng = random.Random(0)
+    files = [f for p in people for f in rng.sample(sorted(p.glob("*.jpg")), 3)]
+    crops = [read_rgb(f) for f in files]
+    pad = 56  # MTCNN needs some context around a tight 112 crop
+    padded = [cv2.copyMakeBorder(c, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0)) for c in crops]
+    found = load_detector("mtcnn", min_face=40).detect(padded)
+    reference = template("arcface", 112)
+    iod = float(np.linalg.norm(reference[1] - reference[0]))
+    errors, points, kept = [], [], []
+    for crop, faces in zip(crops, found):
+        if not faces:
+            continue
+        kept.append(crop)
+        kps = faces[0].kps5 - pad
+        points.append(kps)
+        errors.extend(np.linalg.norm(kps[:2] - reference[:2], axis=1) / iod)
+    detected = len(kept) / len(crops)
+    assert detected >= 0.95
+    errors = np.array(errors)
+    median, within5, within10 = float(np.median(errors)), float((errors < 0.05).mean()), float((errors < 0.10).mean())
+    with capsys.disabled():
+        print(f"\n[mtcnn] faces112 detected {len(kept)}/{len(crops)}; eye error / inter-ocular: median {median:.3f}, <5%: {within5:.2f}, <10%: {within10:.2f} (n={len(errors)})")
+    # MTCNN's O-net sees faces at 48x48 (1 px there ~ 5% of the eye distance), and faces112 was
+    # aligned with another detector's points, so the bar is the median, not every face.
+    assert median < 0.08
+    assert within10 > 0.7
+    # Re-align each crop with our points: the sheet shows template dots (our re-aligned eyes
+    # should sit on them) for a human look.
+    tiles = []
+    for crop, kps in zip(kept[:24], points[:24]):
+        aligned, _ = align_crops(crop, kps[None], "arcface", 112)
+        tiles.append(draw_template(aligned, reference)[0])
+    sheet = contact_sheet(tiles, columns=8, tile=112)
+    cv2.imwrite(str(artifacts_dir / "faces112_realigned_contact_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+
+
+@pytest.mark.media
+def test_rotated_frame_gives_stored_coordinates(detector, media_dir):
+    upright = read_rgb(media_dir / "src/ageitgey__face_recognition/examples/two_people.jpg")
+    reference = detector.detect([upright])[0]
+    for rotation in (90, 180, -90):
+        # The stored frame is the upright view turned back; the container says "rotate by rotation".
+        stored = np.ascontiguousarray(np.rot90(upright, k=-(rotation // 90) % 4))
+        found = detector.detect([stored], frame_indices=[7], rotation=rotation)[0]
+        assert len(found) == len(reference)
+        expected = sorted(points_to_stored(f.kps5, rotation, stored.shape[:2]).tolist() for f in reference)
+        got = sorted(f.kps5.tolist() for f in found)
+        assert np.allclose(np.array(got), np.array(expected), atol=1.0)
+        assert all(f.frame_index == 7 for f in found)
+        for f in found:
+            x0, y0, x1, y1 = f.box
+            assert (f.kps5[:, 0] >= x0 - 5).all() and (f.kps5[:, 0] <= x1 + 5).all()
+
+
+@pytest.mark.media
+def test_batch_equals_one_by_one(detector, media_dir):
+    path = media_dir / "src/jnjaby__KEEP/assets/examples/synthetic_1.mp4"
+    frames = [read_frame(path, i) for i in (0, 40)] + [read_rgb(media_dir / "src/ageitgey__face_recognition/examples/two_people.jpg")]
+    together = detector.detect(frames, frame_indices=[0, 40, 99])
+    alone = [detector.detect([f])[0] for f in frames]
+    for a, b in zip(together, alone):
+        assert len(a) == len(b) >= 1
+        assert np.allclose(a[0].kps5, b[0].kps5, atol=1e-3)
+    assert [faces[0].frame_index for faces in together] == [0, 40, 99]
+
+
+def test_image_without_faces_gives_empty_list(detector):
+    rng = np.random.default_rng(0)
+    noise = cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (0, 0), 4)
+    flat = np.full((64, 64, 3), 128, np.uint8)
+    assert detector.detect([noise, flat]) == [[], []]
+
+
+def test_bad_image_is_a_clear_error(detector):
+    with pytest.raises(InputError, match=r"uint8\[H, W, 3\]"):
+        detector.detect([np.zeros((10, 10), np.float32)])
+    with pytest.raises(InputError, match="unknown detector"):
+        load_detector("yolo")
