@@ -141,7 +141,8 @@ if TRITON_AVAILABLE:
         r_hi = tl.max(tl.where(tok_mask, r, -1), 0)
         offs_d = tl.arange(0, BLOCK_D)
         if r_lo == r_hi:
-            tl.atomic_add(ACC + r_lo * n_cols + offs_d, tl.sum(tl.where(tok_mask[:, None], vals, 0.0), 0), mask=col_mask)
+            tile_sum = tl.sum(tl.where(tok_mask[:, None], vals, 0.0), 0)
+            tl.atomic_add(ACC + r_lo * n_cols + offs_d, tile_sum, mask=col_mask)
         else:
             tl.atomic_add(ACC + r[:, None] * n_cols + offs_d[None, :], vals, mask=tok_mask[:, None] & col_mask[None, :])
 

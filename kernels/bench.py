@@ -1,9 +1,9 @@
 """Range-table layouts of the core's packed batches, and kernel-vs-twin / kernel-vs-SDPA checks.
 
 The GPU check script calls ``compare_with_twins`` (bf16 kernels vs their fp32-computing twins)
-and ``time_attention`` (ranged kernel vs ``scaled_dot_product_attention`` on the same work,
-padded). ``python -m iconface_video.kernels.bench`` prints both as JSON on CUDA, and the twin's
-timing alone on CPU.
+and ``time_attention`` (ranged kernel vs its twin and ``scaled_dot_product_attention`` on the same work, padded).
+``python -m iconface_video.kernels.bench`` prints both as JSON on CUDA, and the CPU timings
+(twin and SDPA, no kernel) elsewhere.
 """
 
 from __future__ import annotations
@@ -16,7 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from .adaln_modulate import adaln_modulate_reference, adaln_modulate_triton
-from .gate_residual import gate_residual_reference, gate_residual_triton
+from .gate_residual import (
+    gate_residual_adaln_reference,
+    gate_residual_adaln_triton,
+    gate_residual_reference,
+    gate_residual_triton,
+)
 from .ranged_attention import ranged_attention_reference, ranged_attention_triton
 
 S256 = {"n_scene": 256, "n_ref": 64, "heads": 8, "head_dim": 64, "dim": 512}  # core-design §5.12
@@ -67,12 +72,15 @@ def _max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _grad_pair(fast: Callable, twin: Callable, inputs: list[torch.Tensor], seed: int) -> dict[str, float]:
     out_f, out_t = fast(*inputs), twin(*inputs)
-    d_out = torch.randn(out_f.shape, generator=torch.Generator(device=out_f.device).manual_seed(seed), device=out_f.device)
-    d_out = d_out.to(out_f.dtype)
+    g = torch.Generator(device=out_f.device).manual_seed(seed)
+    d_out = torch.randn(out_f.shape, generator=g, device=out_f.device).to(out_f.dtype)
     grads_f = torch.autograd.grad(out_f, inputs, d_out)
     grads_t = torch.autograd.grad(out_t, inputs, d_out)
-    result = {"out": _max_abs(out_f, out_t)}
-    result.update({f"d{i}": _max_abs(a, b) for i, (a, b) in enumerate(zip(grads_f, grads_t))})
+    pairs = [("out", out_f, out_t)] + [(f"d{i}", a, b) for i, (a, b) in enumerate(zip(grads_f, grads_t, strict=True))]
+    result = {}
+    for key, fast_value, twin_value in pairs:
+        result[key] = _max_abs(fast_value, twin_value)
+        result[f"{key}_rel"] = result[key] / max(float(twin_value.detach().float().abs().max()), 1e-30)
     return result
 
 
@@ -81,8 +89,9 @@ def compare_with_twins(
 ) -> dict[str, dict[str, float]]:
     """Max abs differences, Triton kernel vs twin, same inputs in ``dtype`` and one upstream
     gradient, for the self-attention and cross-attention tables of a mixed-K batch and for the
-    two row kernels. Keys per entry: out, d0, d1, d2 (attention: dq, dk, dv; adaln: dx, dshift,
-    dscale; gate: dh, dy, dgate). Expect ~1e-2 in bf16 (the twin computes in fp32)."""
+    row kernels. Keys per entry: out, d0, d1, d2 (attention: dq, dk, dv; adaln: dx, dshift,
+    dscale; gate: dh, dy, dgate; the fused gate + adaln adds d3, d4). Expect ~1e-2 in bf16 (the
+    twin computes in fp32). Each key also has a ``_rel`` twin: the difference over max |twin|."""
     g = torch.Generator(device=device).manual_seed(seed)
     ks = mixed_ks(batch)
     n_tok = crop_offsets(ks, shape["n_scene"], shape["n_ref"])[-1]
@@ -118,6 +127,12 @@ def compare_with_twins(
         [x, y, gate],
         seed,
     )
+    result["gate_residual_adaln"] = _grad_pair(  # out = (h2 ‖ x); d0..d4: dh, dy, dgate, dshift, dscale
+        lambda *a: torch.cat(gate_residual_adaln_triton(*a, row), dim=1),
+        lambda *a: torch.cat(gate_residual_adaln_reference(*a, row), dim=1),
+        [x, y, gate, shift, scale],
+        seed,
+    )
     return result
 
 
@@ -135,8 +150,8 @@ def _padded(q, k, v, table):
     return q[q_idx].transpose(1, 2), k[k_idx].transpose(1, 2), v[k_idx].transpose(1, 2), mask
 
 
-def _time_ms(fn: Callable[[], object], iters: int, device: str) -> float:
-    for _ in range(3):
+def _time_ms(fn: Callable[[], object], iters: int, device: str, warmup: int) -> float:
+    for _ in range(warmup):  # compiles the kernels and settles the allocator
         fn()
     if device == "cuda":
         torch.cuda.synchronize()
@@ -149,52 +164,48 @@ def _time_ms(fn: Callable[[], object], iters: int, device: str) -> float:
 
 
 def time_attention(
-    batch: int = 64, shape: dict = S256, dtype: torch.dtype = torch.bfloat16, device: str = "cuda", iters: int = 20
+    batch: int = 64,
+    shape: dict = S256,
+    dtype: torch.dtype = torch.bfloat16,
+    device: str = "cuda",
+    iters: int = 20,
+    warmup: int = 3,
+    include_kernel: bool | None = None,
 ) -> dict[str, float]:
-    """Milliseconds per call on the self-attention table of a mixed-K batch: the ranged kernel
-    (forward; forward + backward) vs ``F.scaled_dot_product_attention`` on the same sequences
-    padded to the longest (with the key mask; and unmasked, which lets the flash backend run
-    and bounds what padding costs), and useful TFLOP/s of the ranged forward. On CPU only the
-    twin and masked SDPA are timed."""
+    """Milliseconds per call on the self-attention table of a mixed-K batch, forward and
+    forward + backward: the ranged Triton kernel (``ranged``, by default only on CUDA), the twin
+    (``twin``), and ``F.scaled_dot_product_attention`` on the same sequences padded to the longest,
+    with the key mask (``sdpa_masked``, the same work) and without it (``sdpa_unmasked``: more
+    work, but the flash backend runs). Also the useful GFLOP of the forward and, with the kernel,
+    its TFLOP/s."""
+    if include_kernel is None:
+        include_kernel = device == "cuda"
     ks = mixed_ks(batch)
     table = one_way_table(ks, shape["n_scene"], shape["n_ref"])
     n_tok = crop_offsets(ks, shape["n_scene"], shape["n_ref"])[-1]
     heads, head_dim = shape["heads"], shape["head_dim"]
     g = torch.Generator(device=device).manual_seed(0)
-    q, k, v = (torch.randn(n_tok, heads, head_dim, generator=g, device=device).to(dtype).requires_grad_() for _ in range(3))
+    q, k, v = (
+        torch.randn(n_tok, heads, head_dim, generator=g, device=device).to(dtype).requires_grad_() for _ in range(3)
+    )
     pq, pk, pv, mask = (t.detach().requires_grad_() if t.is_floating_point() else t for t in _padded(q, k, v, table))
     flops = 4.0 * heads * head_dim * float((table[:, 1].long() * (table[:, 3] + table[:, 5]).long()).sum())
     result = {"tokens": float(n_tok), "useful_gflop_fwd": flops / 1e9}
-
-    def fwd_bwd(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
-        return lambda: fn().sum().backward()
-
-    def sdpa_masked():
-        return F.scaled_dot_product_attention(pq, pk, pv, attn_mask=mask)
-
-    def sdpa_unmasked():
-        return F.scaled_dot_product_attention(pq, pk, pv)
-
-    with torch.no_grad():
-        result["sdpa_masked_fwd_ms"] = _time_ms(sdpa_masked, iters, device)
-    result["sdpa_masked_fwd_bwd_ms"] = _time_ms(fwd_bwd(sdpa_masked), iters, device)
-    if device == "cuda":
-        def ranged():
-            return ranged_attention_triton(q, k, v, table)
-
+    contenders: dict[str, tuple[Callable[[], torch.Tensor], tuple[torch.Tensor, ...]]] = {
+        "twin": (lambda: ranged_attention_reference(q, k, v, table), (q, k, v)),
+        "sdpa_masked": (lambda: F.scaled_dot_product_attention(pq, pk, pv, attn_mask=mask), (pq, pk, pv)),
+        "sdpa_unmasked": (lambda: F.scaled_dot_product_attention(pq, pk, pv), (pq, pk, pv)),
+    }
+    if include_kernel:
+        contenders["ranged"] = (lambda: ranged_attention_triton(q, k, v, table), (q, k, v))
+    for name, (fn, inputs) in contenders.items():
         with torch.no_grad():
-            result["ranged_fwd_ms"] = _time_ms(ranged, iters, device)
-            result["sdpa_unmasked_fwd_ms"] = _time_ms(sdpa_unmasked, iters, device)
-        result["ranged_fwd_bwd_ms"] = _time_ms(fwd_bwd(ranged), iters, device)
-        result["sdpa_unmasked_fwd_bwd_ms"] = _time_ms(fwd_bwd(sdpa_unmasked), iters, device)
+            result[f"{name}_fwd_ms"] = _time_ms(fn, iters, device, warmup)
+        result[f"{name}_fwd_bwd_ms"] = _time_ms(
+            lambda fn=fn, inputs=inputs: torch.autograd.grad(fn().float().sum(), inputs), iters, device, warmup
+        )
+    if include_kernel:
         result["ranged_fwd_tflops"] = flops / result["ranged_fwd_ms"] / 1e9
-    else:
-        def twin():
-            return ranged_attention_reference(q, k, v, table)
-
-        with torch.no_grad():
-            result["twin_fwd_ms"] = _time_ms(twin, iters, device)
-        result["twin_fwd_bwd_ms"] = _time_ms(fwd_bwd(twin), iters, device)
     return result
 
 
@@ -208,7 +219,8 @@ def main() -> None:
         }
     else:
         torch.set_num_threads(1)
-        report = {"device": "cpu (1 thread)", "timing_tiny_b16_fp32": time_attention(16, TINY, torch.float32, "cpu", 10)}
+        timing = time_attention(16, TINY, torch.float32, "cpu", 10)
+        report = {"device": "cpu (1 thread)", "timing_tiny_b16_fp32": timing}
     print(json.dumps(report, indent=1))
 
 

@@ -21,13 +21,13 @@ if TRITON_AVAILABLE:
     import triton
     import triton.language as tl
 
-TABLE_COLUMNS = ("q_start", "q_len", "k0_start", "k0_len", "k1_start", "k1_len")
 SUPPORTED_HEAD_DIMS = (32, 64, 128)  # head dims of the Triton path (the twin takes any)
 
 
 def check_table(table: torch.Tensor, n_q: int, n_k: int) -> torch.Tensor:
     """Validate a range table against the query/key token counts; return it as int64 on the CPU.
 
+    Pass tables on the CPU: a CUDA table must be copied back here, which waits for the GPU.
     Raises ValueError when the table is malformed: wrong shape or dtype, a negative entry, a range
     past the end of its token axis, or two virtual sequences sharing a query row.
     """
@@ -83,9 +83,9 @@ def ranged_attention_reference(
     rows_out, values_out = [], []
     for bucket, (q_len, k0_len, k1_len) in enumerate(shapes.tolist()):
         seqs = host[bucket_of == bucket]
-        q_idx = (seqs[:, 0, None] + torch.arange(q_len)).to(q.device)  # [n, q_len]
+        q_idx = (seqs[:, 0, None] + torch.arange(q_len)).to(q.device, non_blocking=True)  # [n, q_len]
         k_idx = torch.cat([seqs[:, 2, None] + torch.arange(k0_len), seqs[:, 4, None] + torch.arange(k1_len)], 1)
-        k_idx = k_idx.to(q.device)  # [n, k0_len + k1_len]
+        k_idx = k_idx.to(q.device, non_blocking=True)  # [n, k0_len + k1_len]
         o = F.scaled_dot_product_attention(
             qc[q_idx].transpose(1, 2), kc[k_idx].transpose(1, 2), vc[k_idx].transpose(1, 2), scale=scale
         )  # [n, H, q_len, Dh]
@@ -114,7 +114,15 @@ def ranged_attention(
         return ranged_attention_triton(q, k, v, table, scale)
     return ranged_attention_reference(q, k, v, table, scale)
 
+
 LOG2_E = 1.4426950408889634
+MAX_GRID_Z = 65535  # CUDA's limit on a launch grid's third axis
+
+
+def to_device_int32(index: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host index tensor as contiguous int32 on ``device``. The copy is non-blocking so it does
+    not wait for queued kernels (a blocking copy from pageable memory would sync the stream)."""
+    return index.to(torch.int32).contiguous().to(device, non_blocking=True)
 
 
 def transposed_table(host_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +136,8 @@ def transposed_table(host_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     readers int64[n_readers, 2] rows (q_start, q_len)), CSR style; intervals nobody reads are
     dropped, so their dK and dV stay zero.
     """
-    ranges = torch.cat([host_table[:, [0, 1, 2, 3]], host_table[:, [0, 1, 4, 5]]])  # q_start, q_len, k_start, k_len
+    # one row (q_start, q_len, k_start, k_len) per (virtual sequence, key range)
+    ranges = torch.cat([host_table[:, [0, 1, 2, 3]], host_table[:, [0, 1, 4, 5]]])
     ranges = ranges[(ranges[:, 1] > 0) & (ranges[:, 3] > 0)]
     if ranges.shape[0] == 0:
         return torch.zeros(0, 4, dtype=torch.int64), torch.zeros(0, 2, dtype=torch.int64)
@@ -139,7 +148,7 @@ def transposed_table(host_table: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     n_readers = covers.sum(1)
     keep = n_readers > 0
     lo, hi, covers, n_readers = lo[keep], hi[keep], covers[keep], n_readers[keep]
-    interval_idx, range_idx = covers.nonzero(as_tuple=True)  # row-major: grouped by interval
+    _, range_idx = covers.nonzero(as_tuple=True)  # row-major, so grouped by interval in order
     first = torch.cumsum(n_readers, 0) - n_readers
     intervals = torch.stack([lo, hi - lo, first, n_readers], dim=1)
     readers = ranges[range_idx][:, :2]
@@ -156,8 +165,9 @@ def ranged_attention_triton(
     """Triton ranged attention (forward and backward kernels), same contract as the twin.
 
     Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (tests). head_dim must be
-    32, 64 or 128; fp16, bf16 or fp32 inputs (k and v are cast to q's dtype), fp32 accumulation. The launch grid's third axis is
-    the number of virtual sequences (and, in the backward, of key intervals): at most 65535.
+    32, 64 or 128; fp16, bf16 or fp32 inputs (k and v are cast to q's dtype), fp32 accumulation.
+    The launch grid's third axis counts virtual sequences (in the backward, key intervals), which
+    CUDA caps at 65535. Pass the table on the CPU (``check_table``).
     """
     if not TRITON_AVAILABLE:
         raise RuntimeError("Triton is not installed; use ranged_attention_reference")
@@ -169,6 +179,8 @@ def ranged_attention_triton(
     if k.shape != v.shape or k.shape[1:] != q.shape[1:]:
         raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     host = check_table(table, q.shape[0], k.shape[0])
+    if host.shape[0] > MAX_GRID_Z:
+        raise ValueError(f"at most {MAX_GRID_Z} virtual sequences per call, got {host.shape[0]}; split the batch")
     if scale is None:
         scale = head_dim**-0.5
     return _RangedAttention.apply(q, k, v, host, float(scale))
@@ -189,7 +201,7 @@ class _RangedAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, host, scale):  # type: ignore[override]
         q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
         tq, heads, head_dim = q.shape
-        table = host.to(device=q.device, dtype=torch.int32).contiguous()
+        table = to_device_int32(host, q.device)
         out = torch.zeros_like(q)
         lse = torch.zeros(heads, tq, device=q.device, dtype=torch.float32)
         n_virtual = host.shape[0]
@@ -239,8 +251,11 @@ class _RangedAttention(torch.autograd.Function):
         intervals, readers = transposed_table(host)
         if intervals.shape[0]:
             max_k = int(intervals[:, 1].max())
-            intervals_dev = intervals.to(device=q.device, dtype=torch.int32).contiguous()
-            readers_dev = readers.to(device=q.device, dtype=torch.int32).contiguous()
+            if intervals.shape[0] > MAX_GRID_Z:
+                n_int = intervals.shape[0]
+                raise ValueError(f"at most {MAX_GRID_Z} key intervals per call, got {n_int}; split the batch")
+            intervals_dev = to_device_int32(intervals, q.device)
+            readers_dev = to_device_int32(readers, q.device)
             _dkdv_kernel[(triton.cdiv(max_k, block_n), heads, intervals.shape[0])](
                 q, k, v, d_out, dk, dv, lse, delta, intervals_dev, readers_dev, scale * LOG2_E, scale,
                 q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -282,12 +297,12 @@ if TRITON_AVAILABLE:
         return acc, l_i, m_i
 
     @triton.jit
-    def _fwd_kernel(Q, K, V, O, LSE, TABLE, qk_scale,
+    def _fwd_kernel(Q, K, V, OUT, LSE, TABLE, qk_scale,
                     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                     n_q_rows, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     PRECISION: tl.constexpr):
         """Grid (q blocks, heads, virtual sequences): one query tile against both key ranges.
-        Stores O and the base-2 log-sum-exp LSE[head, row] (fp32) for the backward."""
+        Stores OUT and the base-2 log-sum-exp LSE[head, row] (fp32) for the backward."""
         pid_m = tl.program_id(0)
         head = tl.program_id(1)
         row = TABLE + tl.program_id(2) * 6
@@ -314,20 +329,22 @@ if TRITON_AVAILABLE:
             has_keys = l_i > 0.0  # a sequence without keys gives zeros
             out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
             lse = tl.where(has_keys, m_i + tl.math.log2(tl.where(has_keys, l_i, 1.0)), 0.0)
-            tl.store(O + head * stride_oh + rows[:, None] * stride_ot + offs_d[None, :],
-                     out.to(O.dtype.element_ty), mask=m_mask[:, None])
+            tl.store(OUT + head * stride_oh + rows[:, None] * stride_ot + offs_d[None, :],
+                     out.to(OUT.dtype.element_ty), mask=m_mask[:, None])
             tl.store(LSE + head * n_q_rows + rows, lse, mask=m_mask)
 
     @triton.jit
-    def _delta_kernel(O, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, n_q_rows,
+    def _delta_kernel(OUT, DO, DELTA, stride_ot, stride_oh, stride_dot, stride_doh, n_q_rows,
                       HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
-        """DELTA[head, row] = sum_d O * dO (fp32), the softmax-backward row term."""
+        """DELTA[head, row] = sum_d OUT * dO (fp32), the softmax-backward row term."""
         head = tl.program_id(1)
         offs_m = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
         offs_d = tl.arange(0, HEAD_DIM)
         m_mask = offs_m < n_q_rows
-        o = tl.load(O + head * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :], mask=m_mask[:, None], other=0.0)
-        do = tl.load(DO + head * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+        o = tl.load(OUT + head * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :],
+                    mask=m_mask[:, None], other=0.0)
+        do = tl.load(DO + head * stride_doh + offs_m[:, None] * stride_dot + offs_d[None, :],
+                     mask=m_mask[:, None], other=0.0)
         delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
         tl.store(DELTA + head * n_q_rows + offs_m, delta, mask=m_mask)
 
@@ -371,8 +388,10 @@ if TRITON_AVAILABLE:
             offs_d = tl.arange(0, HEAD_DIM)
             m_mask = offs_m < q_len
             rows = (q_start + offs_m).to(tl.int64)
-            q = tl.load(Q + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :], mask=m_mask[:, None], other=0.0)
-            do = tl.load(DO + head * stride_doh + rows[:, None] * stride_dot + offs_d[None, :], mask=m_mask[:, None], other=0.0)
+            q = tl.load(Q + head * stride_qh + rows[:, None] * stride_qt + offs_d[None, :],
+                        mask=m_mask[:, None], other=0.0)
+            do = tl.load(DO + head * stride_doh + rows[:, None] * stride_dot + offs_d[None, :],
+                         mask=m_mask[:, None], other=0.0)
             lse = tl.load(LSE + head * n_q_rows + rows, mask=m_mask, other=0.0)
             delta = tl.load(DELTA + head * n_q_rows + rows, mask=m_mask, other=0.0)
             dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -404,8 +423,10 @@ if TRITON_AVAILABLE:
             offs_d = tl.arange(0, HEAD_DIM)
             n_mask = offs_n < k_len
             keys = (k_start + offs_n).to(tl.int64)
-            kb = tl.load(K + head * stride_kh + keys[:, None] * stride_kt + offs_d[None, :], mask=n_mask[:, None], other=0.0)
-            vb = tl.load(V + head * stride_vh + keys[:, None] * stride_vt + offs_d[None, :], mask=n_mask[:, None], other=0.0)
+            kb = tl.load(K + head * stride_kh + keys[:, None] * stride_kt + offs_d[None, :],
+                         mask=n_mask[:, None], other=0.0)
+            vb = tl.load(V + head * stride_vh + keys[:, None] * stride_vt + offs_d[None, :],
+                         mask=n_mask[:, None], other=0.0)
             dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
             dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
             for r in range(0, n_readers):

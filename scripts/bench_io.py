@@ -125,8 +125,9 @@ def peak_rss(work: Path, seconds: list[int], size: tuple[int, int]) -> dict:
         maxrss_kib, hwm_kib = map(int, out.stdout.split()[-2:])
         result[f"{s}s"] = {"frames": s * 25, "ru_maxrss_mib": round(maxrss_kib / 1024, 1),
                            "vm_hwm_mib": round(hwm_kib / 1024, 1), "wall_s": round(time.perf_counter() - t, 2)}
+    runs = list(result.values())
     for key in ("ru_maxrss_mib", "vm_hwm_mib"):
-        values = [r[key] for r in result.values()]
+        values = [r[key] for r in runs]
         result[f"{key}_max_over_min"] = round(max(values) / min(values), 3)
     return result
 

@@ -10,7 +10,7 @@ set -euo pipefail
 DATA=${DATA:-../shared/media/faces112}
 RUNS=${RUNS:-/work/runs}
 NOREF_MIN=${NOREF_MIN:-14}
-UNIFIED_MIN=${UNIFIED_MIN:-70}
+UNIFIED_MIN=${UNIFIED_MIN:-68}
 export OMP_NUM_THREADS=1
 
 # Stage 1 (core-design §5.9): no references, so the structure path learns to restore alone.

@@ -15,11 +15,14 @@ import sys
 import time
 
 import torch
-
-
 from iconface_video.kernels.adaln_modulate import adaln_modulate_reference, adaln_modulate_triton
-from iconface_video.kernels.bench import crop_offsets, cross_table, one_way_table
-from iconface_video.kernels.gate_residual import gate_residual_reference, gate_residual_triton
+from iconface_video.kernels.bench import compare_with_twins, crop_offsets, cross_table, one_way_table, time_attention
+from iconface_video.kernels.gate_residual import (
+    gate_residual_adaln_reference,
+    gate_residual_adaln_triton,
+    gate_residual_reference,
+    gate_residual_triton,
+)
 from iconface_video.kernels.ranged_attention import ranged_attention_reference, ranged_attention_triton
 from kernel_cases import attending_rows
 
@@ -31,6 +34,10 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.detach().double() - b.detach().double()).abs().max()) if a.numel() else 0.0
 
 
+def _max_abs(a: torch.Tensor) -> float:
+    return float(a.detach().double().abs().max()) if a.numel() else 0.0
+
+
 def _compare(triton_fn, twin_fn, inputs: list[torch.Tensor], seed: int) -> tuple[dict[str, float], list, list]:
     """Run both paths with one upstream gradient; return differences and both gradient lists."""
     out_t = triton_fn(*inputs)
@@ -38,8 +45,9 @@ def _compare(triton_fn, twin_fn, inputs: list[torch.Tensor], seed: int) -> tuple
     d_out = torch.randn(out_t.shape, generator=torch.Generator().manual_seed(seed)).to(out_t.dtype)
     grads_t = torch.autograd.grad(out_t, inputs, d_out)
     grads_r = torch.autograd.grad(out_r, inputs, d_out)
-    diffs = {"out": _max_diff(out_t, out_r)}
-    diffs.update({f"d{i}": _max_diff(gt, gr) for i, (gt, gr) in enumerate(zip(grads_t, grads_r))})
+    diffs = {"out": _max_diff(out_t, out_r), "out_ref": _max_abs(out_r)}
+    for i, (gt, gr) in enumerate(zip(grads_t, grads_r, strict=True)):
+        diffs[f"d{i}"], diffs[f"d{i}_ref"] = _max_diff(gt, gr), _max_abs(gr)
     return diffs, [out_t, *grads_t], [out_r, *grads_r]
 
 
@@ -80,7 +88,8 @@ def row_cases(dtype, seed):
     n_tok, dim, n_rows = 37, 48, 6
     # contiguous runs (the core's layout) plus one stray token, so tiles hold one or several rows
     row = torch.tensor([0] * 9 + [1] * 8 + [2] * 3 + [4] * 11 + [5] * 5 + [1])
-    x, shift, scale, y, gate = _leaves([(n_tok, dim), (n_rows, dim), (n_rows, dim), (n_tok, dim), (n_rows, dim)], dtype, seed)
+    token_shape, table_shape = (n_tok, dim), (n_rows, dim)
+    x, shift, scale, y, gate = _leaves([token_shape, table_shape, table_shape, token_shape, table_shape], dtype, seed)
     adaln, got, _ = _compare(
         lambda a, b, c: adaln_modulate_triton(a, b, c, row),
         lambda a, b, c: adaln_modulate_reference(a, b, c, row),
@@ -95,7 +104,19 @@ def row_cases(dtype, seed):
         seed,
     )
     gated["unused_row_dgate"] = float(got[3][3].abs().max())
-    return adaln, gated
+    shift2, scale2 = _leaves([(n_rows, dim), (n_rows, dim)], dtype, seed + 100)
+    fused, _, _ = _compare(
+        lambda *a: _concat_pair(gate_residual_adaln_triton(*a, row)),
+        lambda *a: _concat_pair(gate_residual_adaln_reference(*a, row)),
+        [x, y, gate, shift2, scale2],
+        seed,
+    )
+    return adaln, gated, fused
+
+
+def _concat_pair(pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """(h2, x) as one [T, 2D] tensor, so one upstream gradient drives both outputs."""
+    return torch.cat(pair, dim=1)
 
 
 def main() -> None:
@@ -122,8 +143,13 @@ def main() -> None:
         "attn_strided_fp32_d32": strided_attention_case(self_table, n_tok, 2, 32, 5),
         "attn_self_fp16_d32": attention_case(self_table, n_tok, n_tok, 2, 32, torch.float16, 6),
     }
-    results["adaln_fp32"], results["gate_fp32"] = row_cases(torch.float32, 7)
-    results["adaln_fp16"], results["gate_fp16"] = row_cases(torch.float16, 8)
+    results["adaln_fp32"], results["gate_fp32"], results["gate_adaln_fp32"] = row_cases(torch.float32, 7)
+    results["adaln_fp16"], results["gate_fp16"], results["gate_adaln_fp16"] = row_cases(torch.float16, 8)
+    # the GPU check's comparison function itself, on a tiny layout (its numbers are relative)
+    tiny = {"n_scene": 16, "n_ref": 5, "heads": 2, "head_dim": 32, "dim": 40}
+    results["bench_smoke"] = compare_with_twins(2, tiny, torch.float32, "cpu", seed=9)
+    timing = time_attention(2, tiny, torch.float32, "cpu", iters=1, warmup=0, include_kernel=True)
+    results["bench_timing_keys"] = sorted(timing)
     results["seconds"] = time.perf_counter() - started
     print(json.dumps(results))
 

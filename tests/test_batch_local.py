@@ -16,6 +16,7 @@ from batch_media import audio_packets, make_clip, make_corrupt, video_frames
 from click.testing import CliRunner
 
 from iconface_video.batch.manifest import manifest_path, read_manifest
+from iconface_video.batch.queue import LocalBackend, WorkItem, worker_specs
 from iconface_video.cli import cli
 from iconface_video.io.writer import EncodeSettings
 from iconface_video.pipeline import JobSettings, run_job
@@ -46,7 +47,7 @@ def assert_same_video(a: Path, b: Path) -> None:
     pts_b, frames_b = video_frames(b)
     assert pts_a == pts_b
     assert len(frames_a) == len(frames_b)
-    for i, (x, y) in enumerate(zip(frames_a, frames_b)):
+    for i, (x, y) in enumerate(zip(frames_a, frames_b, strict=True)):
         assert np.array_equal(x, y), f"frame {i} differs"
     assert audio_packets(a) == audio_packets(b)
 
@@ -96,6 +97,7 @@ def test_human_output_ends_with_a_summary_of_failures(clips, tmp_path):
     assert lines[-1].startswith("  failed: broken.mp4: ")
 
 
+@pytest.mark.slow  # two full batch processes, ~15-20 s on the loaded 2-core machine
 def test_kill_9_mid_batch_then_rerun_finishes_only_the_rest(tmp_path):
     src = tmp_path / "src"
     clips = [make_clip(src / f"k{i}.mp4", frames=160, size=(160, 120), shots=(60,), seed=10 + i) for i in range(4)]
@@ -143,6 +145,86 @@ def test_kill_9_mid_batch_then_rerun_finishes_only_the_rest(tmp_path):
     pts_b, frames_b = video_frames(single.output_path)
     assert pts_a == pts_b and len(frames_a) == 160
     assert audio_packets(out / "k1.mp4") == audio_packets(single.output_path)
-    for a, b in zip(frames_a, frames_b):
+    for a, b in zip(frames_a, frames_b, strict=True):
         mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
         assert mse == 0 or 10 * np.log10(255**2 / mse) > 35
+
+
+def test_a_worker_that_dies_fails_only_its_item_and_is_replaced(clips, tmp_path):
+    long_clip = make_clip(tmp_path / "long.mp4", frames=400, size=(256, 192), seed=5, audio=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    backend = LocalBackend(worker_specs(1, None), JobSettings())
+    try:
+        backend.submit(WorkItem("file", "long.mp4", str(long_clip), str(out / "long.mp4")))
+        messages = _poll_until(backend, "start")
+        os.kill(backend.pids()["cpu:0"], signal.SIGKILL)
+        assert [m[0] for m in messages] == ["start"], "the job ended before the kill; make the clip longer"
+        crashed = _poll_until(backend, "end")[-1][1]
+        assert not crashed.ok and "worker cpu:0 died (exit code -9)" in crashed.reason
+        assert messages[0][1].id == "long.mp4"
+        # A new worker took the dead one's place and takes the next item.
+        assert backend.slots == 1
+        clip = clips[1][0]
+        backend.submit(WorkItem("file", clip.name, str(clip), str(out / clip.name)))
+        finished = _poll_until(backend, "end")[-1][1]
+        assert finished.ok and finished.frames == 24 and (out / clip.name).is_file()
+        assert not (out / "long.mp4").exists()
+    finally:
+        backend.close()
+
+
+def _poll_until(backend, kind: str, timeout: float = 60) -> list[tuple]:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen.extend(backend.poll(0.01))
+        if any(m[0] == kind for m in seen):
+            return seen
+    raise AssertionError(f"no {kind!r} message within {timeout} s: {seen}")
+
+
+@pytest.mark.slow  # two full batch processes, ~15-20 s on the loaded 2-core machine
+def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(tmp_path):
+    src = tmp_path / "src"
+    for i in range(3):
+        make_clip(src / f"c{i}.mp4", frames=160, size=(160, 120), seed=30 + i)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "iconface_video", "batch", str(src / "*.mp4"), "-o", str(out),
+               "--workers", "2", "--segment-frames", "8"]
+    batch = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                             start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".c*.mp4.iconface-work-*/segment-*.nut")):
+        assert batch.poll() is None and time.monotonic() < deadline, "batch ended before the interrupt"
+        time.sleep(0.01)
+    os.killpg(batch.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, stderr = batch.communicate(timeout=60)
+    assert batch.returncode == 130
+    assert "Traceback" not in stderr and "interrupted" in stderr
+    assert not list((out / ".iconface-locks").iterdir()), "an interrupted run must release its locks"
+    assert "running" in {r.state for r in read_manifest(manifest_path(out)).values()}
+
+    rerun = subprocess.run([*command, "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert any(e["event"] == "resume" for e in _events(rerun.stdout))
+    assert {r.state for r in read_manifest(manifest_path(out)).values()} == {"done"}
+
+
+def test_a_file_locked_by_another_live_run_is_skipped(clips, tmp_path):
+    from iconface_video.batch import locks
+
+    src, good, _ = clips
+    out = tmp_path / "out"
+    held = locks.acquire(locks.lock_path_for(out, good[0].name), "other-run")
+    try:
+        result = CliRunner().invoke(cli, ["batch", str(good[0]), str(good[1]), "-o", str(out), "--json"])
+    finally:
+        held.release()
+    assert result.exit_code == 0, result.output  # skipped is not failed
+    events = _events(result.stdout)
+    skipped = [e for e in events if e["event"] == "file_skipped"]
+    assert len(skipped) == 1 and skipped[0]["file"] == str(good[0])
+    assert f"locked by pid {os.getpid()}" in skipped[0]["reason"] and "other-run" in skipped[0]["reason"]
+    assert not (out / good[0].name).exists() and (out / good[1].name).is_file()
+    assert read_manifest(manifest_path(out))[good[0].name].state == "pending"

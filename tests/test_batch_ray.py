@@ -45,14 +45,14 @@ def test_ray_batch_matches_single_runs(ray_session, tmp_path):
     assert len(done) == 3 and [e["event"] for e in events].count("file_failed") == 1
     manifest = read_manifest(manifest_path(out))
     assert manifest["broken.mp4"].state == "failed" and "broken.mp4" in manifest["broken.mp4"].reason
-    assert manifest["ep0.mp4"].worker.startswith("ray")
+    assert manifest["ep0.mp4"].worker.startswith("ray ") and " pid " in manifest["ep0.mp4"].worker
     (tmp_path / "single").mkdir()
     for clip in good:
         single = run_job(clip, tmp_path / "single" / clip.name, JobSettings())
         pts_a, frames_a = video_frames(out / clip.name)
         pts_b, frames_b = video_frames(single.output_path)
         assert pts_a == pts_b
-        assert all(np.array_equal(a, b) for a, b in zip(frames_a, frames_b)) and len(frames_a) == len(frames_b)
+        assert all(np.array_equal(a, b) for a, b in zip(frames_a, frames_b, strict=True)) and len(frames_a) == len(frames_b)
         assert audio_packets(out / clip.name) == audio_packets(single.output_path)
 
 
@@ -79,7 +79,7 @@ def test_split_at_shots_through_ray_equals_the_unsplit_run(ray_session, tmp_path
     assert len(audio_packets(out / "multi.mp4")) > 150
     # With the same segment boundaries a single run encodes the very same segments.
     same_cuts = run_job(clip, tmp_path / "same-cuts.mp4", JobSettings(boundaries=cuts))
-    assert all(np.array_equal(a, b) for a, b in zip(frames_split, video_frames(same_cuts.output_path)[1]))
+    assert all(np.array_equal(a, b) for a, b in zip(frames_split, video_frames(same_cuts.output_path)[1], strict=True))
     assert not [p for p in out.iterdir() if "iconface-work" in p.name]
 
 

@@ -70,7 +70,9 @@ def test_weights_lines_carry_licences_and_find_a_models_dir(tmp_path):
     (tmp_path / "mtcnn" / "pnet.safetensors").write_bytes(b"not the weights")
     mtcnn = {c.name: c for c in check_weights(tmp_path)}["weights mtcnn"]
     assert (mtcnn.status, mtcnn.essential) == ("fail", True)
-    assert "corrupt" in mtcnn.detail and "pnet.safetensors" in mtcnn.detail and "models fetch mtcnn" in mtcnn.fix
+    bad = tmp_path / "mtcnn" / "pnet.safetensors"
+    assert "corrupt" in mtcnn.detail and str(bad) in mtcnn.detail
+    assert mtcnn.fix == f"delete {bad}; the embedded copy is used then"
 
 
 Usage = namedtuple("Usage", "total used free")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from iconface_video.kernels import adaln_modulate as adaln_mod
 from iconface_video.kernels import gate_residual as gate_mod
 from iconface_video.kernels import ranged_attention as attn_mod
 from iconface_video.kernels.adaln_modulate import adaln_modulate, adaln_modulate_reference
 from iconface_video.kernels.bench import crop_offsets, cross_table, one_way_table
-from iconface_video.kernels.gate_residual import gate_residual, gate_residual_reference
+from iconface_video.kernels.gate_residual import (
+    gate_residual,
+    gate_residual_adaln,
+    gate_residual_adaln_reference,
+    gate_residual_reference,
+)
 from iconface_video.kernels.ranged_attention import ranged_attention, ranged_attention_reference
 from kernel_cases import attending_rows
 
@@ -114,18 +118,24 @@ def test_twin_adaln_and_gate_formulas():
     assert half.dtype == torch.float16
 
 
-def test_bad_tables_and_rows_are_rejected():
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (torch.zeros(2, 5, dtype=torch.int32), r"\[n_virtual, 6\]"),
+        (torch.zeros(1, 6), "int32 or int64"),
+        (torch.tensor([[0, 2, -1, 2, 0, 0]]), "negative"),
+        (torch.tensor([[0, 2, 4, 3, 0, 0]]), "key range past"),
+        (torch.tensor([[5, 2, 0, 3, 0, 0]]), "query range past"),
+        (torch.tensor([[0, 3, 0, 6, 0, 0], [2, 2, 0, 6, 0, 0]]), "sharing query rows"),
+    ],
+)
+def test_bad_tables_are_rejected(table, message):
     q, k, v = _qkv(6, 6)
-    bad = {
-        "shape": torch.zeros(2, 5, dtype=torch.int32),
-        "dtype": torch.zeros(1, 6),
-        "negative": torch.tensor([[0, 2, -1, 2, 0, 0]]),
-        "past end": torch.tensor([[0, 2, 4, 3, 0, 0]]),
-        "overlap": torch.tensor([[0, 3, 0, 6, 0, 0], [2, 2, 0, 6, 0, 0]]),
-    }
-    for name, table in bad.items():
-        with pytest.raises(ValueError):
-            ranged_attention_reference(q, k, v, table)
+    with pytest.raises(ValueError, match=message):
+        ranged_attention_reference(q, k, v, table)
+
+
+def test_bad_rows_are_rejected():
     x, tab = torch.randn(4, 8), torch.randn(2, 8)
     with pytest.raises(ValueError):
         adaln_modulate_reference(x, tab, tab, torch.tensor([0, 1, 2, 0]))
@@ -140,10 +150,24 @@ def test_dispatchers_use_the_twins_on_cpu(monkeypatch):
     monkeypatch.setattr(attn_mod, "ranged_attention_triton", refuse)
     monkeypatch.setattr(adaln_mod, "adaln_modulate_triton", refuse)
     monkeypatch.setattr(gate_mod, "gate_residual_triton", refuse)
+    monkeypatch.setattr(gate_mod, "gate_residual_adaln_triton", refuse)
     n_tok = crop_offsets(KS, N_SCENE, N_REF)[-1]
     table = one_way_table(KS, N_SCENE, N_REF)
     q, k, v = (t.detach().float() for t in _qkv(n_tok, n_tok, head_dim=32))
-    torch.testing.assert_close(ranged_attention(q, k, v, table), ranged_attention_reference(q, k, v, table), rtol=0, atol=0)
+    twin = ranged_attention_reference(q, k, v, table)
+    torch.testing.assert_close(ranged_attention(q, k, v, table), twin, rtol=0, atol=0)
     x, s, row = torch.randn(5, 8), torch.randn(2, 8), torch.tensor([0, 1, 1, 0, 1])
     torch.testing.assert_close(adaln_modulate(x, s, s, row), adaln_modulate_reference(x, s, s, row), rtol=0, atol=0)
     torch.testing.assert_close(gate_residual(x, x, s, row), gate_residual_reference(x, x, s, row), rtol=0, atol=0)
+    fused, twin = gate_residual_adaln(x, x, s, s, s, row), gate_residual_adaln_reference(x, x, s, s, s, row)
+    torch.testing.assert_close(fused, twin, rtol=0, atol=0)
+
+
+def test_fused_twin_is_gate_residual_then_adaln():
+    g = torch.Generator().manual_seed(3)
+    h, y = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    gate, shift, scale = (torch.randn(2, 8, generator=g) for _ in range(3))
+    row = torch.tensor([0, 0, 1, 1, 1, 0])
+    h2, x = gate_residual_adaln_reference(h, y, gate, shift, scale, row)
+    torch.testing.assert_close(h2, h + gate[row] * y, rtol=0, atol=1e-6)
+    torch.testing.assert_close(x, adaln_modulate_reference(h + gate[row] * y, shift, scale, row), rtol=0, atol=1e-6)

@@ -21,8 +21,8 @@ def _one_face(frame: np.ndarray, kps: np.ndarray, restore, strength=1.0):
     lq = warp_faces(images_to_tensor(frame), torch.from_numpy(M), SIZE)
     restored = restore(lq, np.zeros(1))
     mask = ellipse_mask(lq, np.zeros((1, 5, 2)) + SIZE / 2)
-    grey = bool((lq.amax(1) - lq.amin(1)).max() <= 3 / 255)
-    change = face_change(restored, lq, mask, colour_correction(restored, lq), strength, grey)
+    grey = (lq.amax(1) - lq.amin(1)).flatten(1).amax(1) <= 3 / 255
+    change = face_change(restored + colour_correction(restored, lq) - lq, mask, strength, grey)
     out = paste(torch.from_numpy(frame), change, M).numpy()
     return out, M, mask
 

@@ -214,7 +214,7 @@ def test_report_section_and_html(setup, tmp_path):
 
     load_analysis(analysis_path)  # still a valid analysis file
     page = Path(report.html).read_text()
-    assert page.count("data:image/png;base64") == 4  # before + after for Anna and identity 1
+    assert page.count("data:image/png;base64") == 5  # before + after for both people, Anna's contact sheet
     assert report.references == {"Anna": ["frame 3"]}
     for stage in ("decode", "align", "restore", "blend", "encode"):
         assert report.timings[stage] >= 0
@@ -249,3 +249,21 @@ def test_interlaced_source_is_deinterlaced_or_refused(tmp_path):
                           mask=ellipse_mask)
     assert report.interlaced
     assert len(_frames(tmp_path / "d.mp4")) == N
+
+
+def test_everything_outside_the_faces_is_untouched(setup):
+    from iconface_video.render.blend import crop_box
+    from iconface_video.render.plan import plan_faces
+    from iconface_video.render.temporal import TemporalSettings
+
+    restorer = setup["restorer"]
+    plan = plan_faces(setup["analysis"].tracks, crop_size=restorer.crop_size, template_name=restorer.template,
+                      temporal=TemporalSettings.from_strength(0.5))
+    for index, (out, plain) in enumerate(zip(setup["base"], setup["plain"])):
+        outside = np.ones(out.shape[:2], bool)
+        for job in plan.jobs.get(index, ()):
+            x0, y0, x1, y1 = crop_box(job.M, restorer.crop_size, *out.shape[:2])
+            # 4:2:0 chroma is shared by 2x2 blocks: allow one block of spill around each box.
+            outside[max(0, y0 - 2):y1 + 2, max(0, x0 - 2):x1 + 2] = False
+        assert outside.mean() > 0.3
+        assert np.array_equal(out[outside], plain[outside]), f"frame {index}"

@@ -34,9 +34,10 @@ from iconface_video import __version__
 from iconface_video.analysis.harvest import (
     CandidatePools,
     HarvestSettings,
+    agreement_term,
+    load_verifier,
     loose_crop,
     observation_terms,
-    agreement_term,
     reliability,
     score_against_centroid,
     select_references,
@@ -50,7 +51,7 @@ from iconface_video.analysis.schema import (
     write_text_atomic,
 )
 from iconface_video.analysis.shots import Boundary, ShotDetector, ShotSettings
-from iconface_video.analysis.track import Tracker, TrackRecord, TrackSettings, obs_from_json, obs_to_json
+from iconface_video.analysis.track import Tracker, TrackRecord, TrackSettings, box_iou, obs_from_json, obs_to_json
 from iconface_video.errors import InputError, OutputError
 from iconface_video.types import FaceObs, Frame, Reference, Shot, Track
 
@@ -62,6 +63,7 @@ class AnalyzeSettings:
     """Everything that changes the analysis (saved in the file's ``settings``)."""
 
     detect_every: int = 1
+    embed_every_s: float = 0.2  # every face is embedded at least this often (and whenever tracking needs it)
     max_refs: int = 4
     detector: str = "auto"
     embedder: str = "dlib"
@@ -160,7 +162,8 @@ class AnalysisStream:
         self.frames: dict[int, Frame] = {}  # decoded, not yet processed (a few)
         self.decided: deque[Boundary] = deque()  # decided, waiting for the next decision
         self.decided_upto = -1  # the shot detector has decided every frame up to here
-        self.batch: list[tuple[Frame, int, bool]] = []
+        self.batch: list[tuple[Frame, int, int, bool]] = []  # (frame, shot, shot's first frame, detect?)
+        self.obs_reliability: dict[int, dict[int, float]] = {}  # live track -> frame -> reliability
         self.processed = 0
 
     def _track_settings(self) -> TrackSettings:
@@ -211,7 +214,7 @@ class AnalysisStream:
         shot = len(self.shots.starts) - 1
         offset = frame.index - self.shots.starts[-1][0]
         detect = offset % self.settings.detect_every == 0 or last_of_shot
-        self.batch.append((frame, shot, detect))
+        self.batch.append((frame, shot, self.shots.starts[-1][0], detect))
         if len(self.batch) >= self.settings.batch:
             self._run_batch()
 
@@ -219,39 +222,62 @@ class AnalysisStream:
     def _run_batch(self) -> None:
         if not self.batch:
             return
-        wanted = [frame for frame, _, detect in self.batch if detect]
+        wanted = [frame for frame, _, _, detect in self.batch if detect]
         found: dict[int, list[FaceObs]] = {}
-        aligned: dict[int, np.ndarray] = {}
         if wanted:
             faces = self.detector.detect([f.image for f in wanted], [f.index for f in wanted], self.rotation)
-            for frame, obs in zip(wanted, faces):
-                found[frame.index], aligned[frame.index] = self._embed(frame.image, obs)
-        for frame, shot, detect in self.batch:
-            detections = found.get(frame.index) if detect else None
-            crops = aligned.get(frame.index)
+            found = {frame.index: obs for frame, obs in zip(wanted, faces)}
+        for frame, shot, shot_start, detect in self.batch:
+            detections, crops = None, None
+            if detect:
+                detections, crops = self._prepare(frame, shot, shot_start, found[frame.index])
             for track_id, obs in self.tracker.step(frame.index, shot, detections):
                 position = next(i for i, d in enumerate(detections) if d is obs)
-                self.pools.offer(track_id, obs, frame.image, crops[position])
+                terms_total = self.pools.offer(track_id, obs, frame.image, crops[position])
+                self.obs_reliability.setdefault(track_id, {})[frame.index] = terms_total
             self._collect_finished()
             self.processed += 1
         self.batch.clear()
 
-    def _embed(self, image: np.ndarray, obs: list[FaceObs]) -> tuple[list[FaceObs], np.ndarray]:
-        """Detections with their embeddings, and their ArcFace-aligned 112 crops ``uint8[N, 112, 112, 3]``."""
-        from iconface_video.faces.align import align_crops
+    def _prepare(self, frame: Frame, shot: int, shot_start: int, obs: list[FaceObs]) -> tuple[list[FaceObs], np.ndarray]:
+        """Embed the detections that need it; ArcFace-aligned 112 crops ``uint8[N, 112, 112, 3]`` of all.
+
+        The embedder is the slow part, so it runs on every detection only on scheduled frames
+        (``embed_every_s`` apart); in between, only on faces the tracker cannot place by overlap
+        alone (new, or overlapping two tracks).
+        """
+        from iconface_video.faces.align import template
+        from iconface_video.faces.embed import warp_to_template
 
         if not obs:
             return [], np.zeros((0, 112, 112, 3), np.uint8)
         kps = np.stack([np.asarray(o.kps5, np.float32) for o in obs])
-        embeddings = self.embedder.embed(image, kps)
-        crops, _ = align_crops(image, kps, "arcface", 112)
-        return [dataclasses.replace(o, embedding=e) for o, e in zip(obs, embeddings)], crops
+        crops = warp_to_template(frame.image, kps, template("arcface", 112), 112)
+        k = self.settings.detect_every
+        stride = max(1, int(round(self.settings.embed_every_s * self.fps / k)))
+        if ((frame.index - shot_start) // k) % stride == 0:
+            need = list(range(len(obs)))
+        else:
+            live = self.tracker.live_boxes(shot)
+            overlap = box_iou(np.array([o.box for o in obs]), live) if len(live) else np.zeros((len(obs), 0))
+            placed = (overlap >= self.settings.tracking.min_iou).sum(axis=1)
+            need = [i for i in range(len(obs)) if placed[i] != 1]
+        if need:
+            vectors = self.embedder.embed(frame.image, kps[need])
+            obs = list(obs)
+            for i, vector in zip(need, vectors):
+                obs[i] = dataclasses.replace(obs[i], embedding=vector)
+        return obs, crops
 
     def _collect_finished(self) -> None:
         finished, dropped = self.tracker.pop_finished()
-        self.records.extend(finished)
+        for record in finished:
+            scores = self.obs_reliability.pop(record.id, {})
+            self.records.append(dataclasses.replace(
+                record, reliability=np.array([scores.get(int(f), np.nan) for f in record.frames], np.float32)))
         for track_id in dropped:
             self.pools.forget(track_id)
+            self.obs_reliability.pop(track_id, None)
 
     # checkpointing ------------------------------------------------------------------------------
     def resume_frame(self) -> int:
@@ -273,6 +299,7 @@ class AnalysisStream:
             "shots": {"starts": self.shots.starts, "last_frame": self.shots.last_frame,
                       "last_time": self.shots.last_time, "end_times": {str(k): v for k, v in self.shots.end_times.items()}},
             "processed": self.processed,
+            "obs_reliability": {str(t): {str(f): v for f, v in d.items()} for t, d in self.obs_reliability.items()},
         }
 
     def load_state(self, state: dict) -> None:
@@ -286,17 +313,27 @@ class AnalysisStream:
         self.shots = _ShotLog([tuple(x) for x in s["starts"]], s["last_frame"], s["last_time"],
                               {int(k): v for k, v in s["end_times"].items()})
         self.processed = state["processed"]
+        self.obs_reliability = {int(t): {int(f): v for f, v in d.items()} for t, d in state["obs_reliability"].items()}
 
 
 def _record_to_json(record: TrackRecord) -> dict:
     obs = record.to_track().obs
     return {"id": record.id, "shot": record.shot, "obs": [obs_to_json(o) for o in obs],
-            "embedding": None if record.embedding is None else record.embedding.tolist()}
+            "embedding": None if record.embedding is None else record.embedding.tolist(),
+            "reliability": None if record.reliability is None else _nan_to_none(record.reliability)}
+
+
+def _nan_to_none(values: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else round(float(v), 4) for v in values]
 
 
 def _record_from_json(data: dict) -> TrackRecord:
     embedding = None if data["embedding"] is None else np.asarray(data["embedding"], np.float32)
-    return TrackRecord.from_obs(data["id"], data["shot"], [obs_from_json(o) for o in data["obs"]], embedding)
+    record = TrackRecord.from_obs(data["id"], data["shot"], [obs_from_json(o) for o in data["obs"]], embedding)
+    if data.get("reliability") is None:
+        return record
+    return dataclasses.replace(record, reliability=np.array(
+        [np.nan if v is None else v for v in data["reliability"]], np.float32))
 
 
 # --- user photos -------------------------------------------------------------------------------
@@ -482,6 +519,15 @@ def _assemble(stream: AnalysisStream, photos: list[PhotoFace], settings: Analyze
     identities, name_to_id = pin_names(identities, list(named.items()), settings.identify)
     tracks = tuple(r.to_track(owner.get(r.id)) for r in records)
 
+    verifier = load_verifier(settings.models_dir)
+    settings_json["models"]["verifier"] = None if verifier is None else "dlib-mmod"
+
+    def verify(candidate) -> bool:
+        if verifier is None:
+            return True
+        crop = cv2.imread(str(pool_dir / candidate.crop_file), cv2.IMREAD_COLOR)
+        return crop is not None and verifier.is_face(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), candidate.crop_kps5)
+
     final_dir = refs_folder(output_path)
     staging = final_dir.with_name(final_dir.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
@@ -493,7 +539,7 @@ def _assemble(stream: AnalysisStream, photos: list[PhotoFace], settings: Analyze
                                           harvest, staging, final_dir)
         room = settings.max_refs - min(len(chosen_photos), (settings.max_refs + 1) // 2) if candidates else 0
         video_refs = select_references(score_against_centroid(candidates, identity.centroid, harvest, stream.pools.uses_norm),
-                                       harvest, fps, k=max(room, 0))
+                                       harvest, fps, k=max(room, 0), verify=verify)
         photo_refs = chosen_photos[: settings.max_refs - len(video_refs)]
         for number, pick in enumerate(video_refs):
             c = pick.candidate
@@ -507,7 +553,8 @@ def _assemble(stream: AnalysisStream, photos: list[PhotoFace], settings: Analyze
         shutil.rmtree(final_dir)
     os.replace(staging, final_dir)
     return Analysis(VERSION, video_json, shots, tracks, tuple(identities), tuple(references),
-                    settings_json, {t.id: embeddings[t.id] for t in tracks if t.id in embeddings}, output_path)
+                    settings_json, {t.id: embeddings[t.id] for t in tracks if t.id in embeddings},
+                    {r.id: r.reliability for r in records if r.reliability is not None}, output_path)
 
 
 def _photo_references(identity, photos: list[PhotoFace], harvest: HarvestSettings, staging: Path,

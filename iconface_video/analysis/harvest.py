@@ -25,6 +25,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -235,8 +236,11 @@ class CandidatePools:
         self.embedding_sums: dict[int, np.ndarray] = {}
 
     def offer(self, track: int, obs: FaceObs, image: np.ndarray, aligned: np.ndarray,
-              identity_norm: float | None = None) -> dict[str, float]:
-        """Score one detection of ``track`` (``image`` its frame, ``aligned`` its 112 crop); keep it if it is among the best."""
+              identity_norm: float | None = None) -> float:
+        """Score one detection of ``track`` (``image`` its frame, ``aligned`` its 112 crop); keep it if among the best.
+
+        Returns its reliability without centroid agreement. Only embedded detections can be kept.
+        """
         terms = observation_terms(aligned, obs, self.settings, identity_norm)
         partial = total_score(terms, self.settings, self.uses_norm)
         if obs.embedding is not None:
@@ -245,7 +249,7 @@ class CandidatePools:
             weight = max(partial, 1e-3)
             self.embedding_sums[track] = self.embedding_sums.get(track, 0) + weight * unit
         if obs.eye_distance < self.settings.min_eye_distance or obs.embedding is None:
-            return terms
+            return partial
         pool = self.pools.setdefault(track, [])
         near = [c for c in pool if abs(c.frame_index - obs.frame_index) < self.min_gap]
         if near:
@@ -260,7 +264,7 @@ class CandidatePools:
             if partial > worst.partial:
                 self._discard(pool, worst)
                 pool.append(self._make(track, obs, image, terms, partial))
-        return terms
+        return partial
 
     def track_embedding(self, track: int) -> np.ndarray | None:
         total = self.embedding_sums.get(track)
@@ -347,16 +351,19 @@ def score_against_centroid(candidates: list[Candidate], centroid: np.ndarray | N
     return scored
 
 
-def select_references(scored: list[Chosen], settings: HarvestSettings, fps: float, k: int | None = None) -> list[Chosen]:
+def select_references(scored: list[Chosen], settings: HarvestSettings, fps: float, k: int | None = None,
+                      verify: Callable[[Candidate], bool] | None = None) -> list[Chosen]:
     """Top ``k`` by total, greedily, each new pick penalised for being close in time *and* pose to an earlier one.
 
-    Candidates whose total is 0 (a failing term: someone else, a profile) are never chosen.
+    Candidates whose total is 0 (a failing term: someone else, a profile) are never chosen;
+    with ``verify``, a pick it rejects (not a face) is skipped, trying at most ``3 k`` picks.
     """
     k = settings.max_refs if k is None else k
     min_gap = max(1, int(round(settings.min_gap_s * fps)))
     remaining = [s for s in scored if s.terms.total > 0.0]
     chosen: list[Chosen] = []
-    while remaining and len(chosen) < k:
+    attempts = 0
+    while remaining and len(chosen) < k and attempts < 3 * k:
         def value(s: Chosen) -> float:
             redundancy = 0.0
             for c in chosen:
@@ -366,10 +373,68 @@ def select_references(scored: list[Chosen], settings: HarvestSettings, fps: floa
             return s.terms.total * (1.0 - 0.5 * redundancy)
 
         best = max(remaining, key=value)
+        attempts += 1
+        remaining.remove(best)
+        if verify is not None and not verify(best.candidate):
+            continue
         chosen.append(best)
-        remaining = [s for s in remaining if s is not best and not (
+        remaining = [s for s in remaining if not (
             s.candidate.track == best.candidate.track and abs(s.candidate.frame_index - best.candidate.frame_index) < min_gap)]
     return chosen
+
+
+# --- a second opinion --------------------------------------------------------------------------
+
+VERIFY_SIDE = 224  # crops are checked at this size: the face then spans ~110 px (MMOD finds faces from ~80 px)
+
+
+@dataclass(frozen=True, eq=False)
+class FaceVerifier:
+    """dlib's CNN face detector (MMOD, CC0) as an independent check that a loose crop shows a face.
+
+    The main detector's rare confident false positives (a hand on a microphone, a patterned
+    tie) then cannot become references: the crop must also hold an MMOD face whose centre is
+    near the crop's 5 points.
+    """
+
+    model: Any
+    min_confidence: float = 0.3
+
+    def is_face(self, crop: np.ndarray, crop_kps5: np.ndarray) -> bool:
+        """Whether ``uint8[H, W, 3]`` holds a face centred near ``crop_kps5`` float32[5, 2]."""
+        scale = VERIFY_SIDE / max(crop.shape[:2])
+        small = cv2.resize(crop, (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale))),
+                           interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+        centre = np.asarray(crop_kps5, np.float64).mean(axis=0) * scale
+        for found in self.model(np.ascontiguousarray(small), 0):
+            if found.confidence < self.min_confidence:
+                continue
+            rect = found.rect
+            middle = np.array([(rect.left() + rect.right()) / 2, (rect.top() + rect.bottom()) / 2])
+            if np.linalg.norm(middle - centre) <= 0.2 * VERIFY_SIDE:
+                return True
+        return False
+
+
+def load_verifier(models_dir: str | Path | None = None) -> FaceVerifier | None:
+    """The MMOD verifier, or None where its weights are not installed (references are then unchecked)."""
+    import dlib
+
+    from iconface_video.weights import find_model_file
+    from iconface_video.weights.catalogue import get_model
+    from iconface_video.weights.store import embedded_dir
+
+    try:
+        path = find_model_file("dlib-mmod", "mmod_human_face_detector.dat", models_dir)
+    except KeyError:
+        # Not in the catalogue yet: it ships beside the dlib embedder in face-recognition-models.
+        folder = embedded_dir(get_model("dlib-resnet"))
+        path = None if folder is None else folder / "mmod_human_face_detector.dat"
+    except Exception:  # MissingModelError: run without the check
+        path = None
+    if path is None or not Path(path).is_file():
+        return None
+    return FaceVerifier(dlib.cnn_face_detection_model_v1(str(path)))
 
 
 def with_agreement(terms: ReliabilityTerms, agreement: float, settings: HarvestSettings, uses_norm: bool) -> ReliabilityTerms:

@@ -163,7 +163,8 @@ class Analysis:
     identities: tuple[Identity, ...]
     references: tuple[HarvestedReference, ...]
     settings: dict
-    track_embeddings: dict[int, np.ndarray] = field(default_factory=dict)
+    track_embeddings: dict[int, np.ndarray] = field(default_factory=dict)  # track id -> unit float32[D]
+    obs_reliability: dict[int, np.ndarray] = field(default_factory=dict)  # track id -> float32[N], NaN: not scored
     path: Path | None = None
 
     def track(self, track_id: int) -> Track:
@@ -297,7 +298,7 @@ def analysis_from_json(data: dict, base: Path, path: Path | None = None) -> Anal
         raise AnalysisFileError(_message(path, problems))
     shots = tuple(Shot(s["index"], s["start"], s["end"], float(s["start_time"]), float(s["end_time"]), s["transition"])
                   for s in data["shots"])
-    tracks, embeddings = [], {}
+    tracks, embeddings, reliabilities = [], {}, {}
     for t in data["tracks"]:
         identity = None if t["identity"] is None else final[t["identity"]]
         obs = tuple(FaceObs(o["frame"], tuple(float(v) for v in o["box"]), float(o["score"]),
@@ -306,6 +307,9 @@ def analysis_from_json(data: dict, base: Path, path: Path | None = None) -> Anal
         tracks.append(Track(t["id"], t["shot"], obs, identity))
         if t.get("embedding") is not None:
             embeddings[t["id"]] = _vector(t["embedding"])
+        scores = [o.get("reliability") for o in t["obs"]]
+        if any(v is not None for v in scores):
+            reliabilities[t["id"]] = np.array([np.nan if v is None else v for v in scores], np.float32)
     members: dict[int, list[int]] = {}
     for t in tracks:
         if t.identity is not None:
@@ -335,7 +339,7 @@ def analysis_from_json(data: dict, base: Path, path: Path | None = None) -> Anal
         references.append(HarvestedReference(reference, (base / r["crop"]).resolve(),
                                               np.asarray(r["crop_kps5"], np.float32), _vector(r.get("embedding"))))
     return Analysis(data["version"], data["video"], shots, tuple(tracks), tuple(identities), tuple(references),
-                    data["settings"], embeddings, path)
+                    data["settings"], embeddings, reliabilities, path)
 
 
 def _message(path: Path | None, problems: list[str]) -> str:
@@ -379,6 +383,12 @@ def _round_list(values, digits: int) -> list:
     return [round(float(v), digits) for v in np.asarray(values).ravel()]
 
 
+def _score(values: np.ndarray | None, n: int) -> float | None:
+    if values is None or not np.isfinite(values[n]):
+        return None
+    return round(float(values[n]), 4)
+
+
 def analysis_to_json(analysis: Analysis, base: Path) -> dict:
     """The JSON document for ``analysis``; crop paths are written relative to ``base``."""
     def rel(p: Path) -> str:
@@ -396,8 +406,9 @@ def analysis_to_json(analysis: Analysis, base: Path) -> dict:
             "id": t.id, "shot": t.shot, "identity": t.identity,
             "embedding": None if t.id not in analysis.track_embeddings else _round_list(analysis.track_embeddings[t.id], 6),
             "obs": [{"frame": o.frame_index, "box": _round_list(o.box, 2), "score": round(float(o.score), 4),
-                     "kps5": np.round(np.asarray(o.kps5, np.float64), 2).tolist(), "interpolated": bool(o.interpolated)}
-                    for o in t.obs],
+                     "kps5": np.round(np.asarray(o.kps5, np.float64), 2).tolist(), "interpolated": bool(o.interpolated),
+                     "reliability": _score(analysis.obs_reliability.get(t.id), n)}
+                    for n, o in enumerate(t.obs)],
         } for t in analysis.tracks],
         "identities": [{"id": i.id, "name": i.name,
                         "centroid": None if i.centroid is None else _round_list(i.centroid, 6)}

@@ -54,6 +54,7 @@ class TrackRecord:
     kps5: np.ndarray
     interpolated: np.ndarray
     embedding: np.ndarray | None
+    reliability: np.ndarray | None = None  # float32[N] per observation (NaN where not scored)
 
     @property
     def detections(self) -> int:
@@ -217,6 +218,11 @@ class Tracker:
         """Close every live track (a cut, or the end of the video)."""
         for track in list(self._live):
             self._finish(track)
+
+    def live_boxes(self, shot: int) -> np.ndarray:
+        """Last detected boxes ``float32[T, 4]`` of the tracks live in ``shot`` (none after a cut)."""
+        boxes = [t.last.box for t in self._live if t.shot == shot]
+        return np.array(boxes, np.float32).reshape(-1, 4)
 
     def pop_finished(self) -> tuple[list[TrackRecord], list[int]]:
         """Tracks finished since the last call: (kept records oldest first, ids dropped as too short)."""

@@ -49,7 +49,7 @@ class Check:
         return asdict(self)
 
     def line(self) -> str:
-        text = f"{self.status.upper():4}  {self.name:18} {self.detail}"
+        text = f"{self.status.upper():4}  {self.name:22} {self.detail}"
         return f"{text}  -> {self.fix}" if self.fix and self.status != "ok" else text
 
 
@@ -189,11 +189,14 @@ def check_weights(models_dir: str | Path | None) -> list[Check]:
         licence = f"licence: {model.licence}; {use}"
         essential = model.embedded  # the defaults the pipeline runs with when given nothing else
         missing = [r.file for r in results if r.status == "missing"]
-        bad = [f"{r.file} ({r.detail})" for r in results if r.status == "mismatch"]
+        bad = [r for r in results if r.status == "mismatch"]
         name = f"weights {model.name}"
         if bad:
-            checks.append(Check(name, "fail" if essential else "warn", f"corrupt: {'; '.join(bad)}; {licence}",
-                                f"delete the file(s) and run `iconface-video models fetch {model.name}`", essential))
+            then = ("the embedded copy is used then" if model.embedded
+                    else f"then run `iconface-video models fetch {model.name}`")
+            checks.append(Check(name, "fail" if essential else "warn",
+                                f"corrupt: {'; '.join(f'{r.path} ({r.detail})' for r in bad)}; {licence}",
+                                f"delete {' '.join(str(r.path) for r in bad)}; {then}", essential))
         elif missing:
             how = (f"iconface-video models fetch {model.name}" if any(f.urls for f in model.files) or model.archive
                    else f"put {', '.join(missing)} in --models-dir ({model.description})")

@@ -118,7 +118,8 @@ def _write_atomic(path: Path, records: Mapping[str, FileRecord]) -> None:
     }
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes it private; the manifest is for every user of the folder
+        if hasattr(os, "fchmod"):  # mkstemp makes it private; the manifest is for every user of the folder
+            os.fchmod(fd, 0o644)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(data, handle, indent=1)
             handle.flush()

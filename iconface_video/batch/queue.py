@@ -27,6 +27,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import queue as queue_module
+import signal
 import socket
 import threading
 import time
@@ -42,7 +43,8 @@ from iconface_video.batch import locks
 from iconface_video.batch.manifest import FileRecord, manifest_path, read_manifest, set_state, update_manifest
 from iconface_video.errors import InputError, UserError
 
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".wmv", ".flv", ".nut")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".wmv",
+                  ".flv", ".nut")
 Emit = Callable[..., None]  # emit(event_name, **fields)
 ItemKind = Literal["file", "shots", "segments"]
 
@@ -231,9 +233,10 @@ def _execute(item: WorkItem, settings: Any, progress: Any) -> tuple[int | None, 
     from iconface_video.batch import split
 
     if item.kind == "shots":
-        starts = split.find_shot_starts(item.input)
+        starts = split.find_shot_starts(item.input, progress)
         return None, starts
-    frames = split.encode_segments(item.input, item.output, split.split_settings(settings, item.boundaries), item.segments)
+    frames = split.encode_segments(item.input, item.output, split.split_settings(settings, item.boundaries),
+                                   item.segments, progress)
     return frames, ()
 
 
@@ -248,9 +251,10 @@ class Backend(Protocol):
 
     def submit(self, item: WorkItem) -> None: ...
 
-    def poll(self, timeout: float) -> list[tuple]: ...  # ("start", item, worker) | ("event", item, dict) | ("end", ItemResult)
+    # Messages: ("start", item, worker) | ("event", item, worker, dict) | ("end", ItemResult).
+    def poll(self, timeout: float) -> list[tuple]: ...
 
-    def close(self) -> None: ...
+    def close(self, abort: bool = False) -> None: ...  # abort: stop running items now (Ctrl-C)
 
 
 @dataclass(frozen=True)
@@ -285,13 +289,13 @@ def worker_specs(workers: int | None, devices: Sequence[str] | None) -> list[Wor
 class _QueueWriter(io.TextIOBase):
     """A text stream for ``Progress(json_out=...)`` that forwards each JSON line to the driver."""
 
-    def __init__(self, results: Any, item: WorkItem) -> None:
-        self._results, self._item = results, item
+    def __init__(self, results: Any, item: WorkItem, worker: str) -> None:
+        self._results, self._item, self._worker = results, item, worker
 
     def write(self, text: str) -> int:
         for line in text.splitlines():
             if line.strip():
-                self._results.put(("event", self._item, json.loads(line)))
+                self._results.put(("event", self._item, self._worker, json.loads(line)))
         return len(text)
 
 
@@ -301,11 +305,14 @@ def _worker_main(spec: WorkerSpec, settings: Any, tasks: Any, results: Any) -> N
     # thread pool takes its size from OMP_NUM_THREADS.
     os.environ.update(spec.env)
     _exit_with_parent()
+    # Ctrl-C reaches the whole process group; the driver decides (it stops the workers itself),
+    # so workers do not each print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     from iconface_video.progress import Progress
 
     while (item := tasks.get()) is not None:
         results.put(("start", item, spec.name))
-        progress = Progress(json_lines=True, json_out=_QueueWriter(results, item))
+        progress = Progress(json_lines=True, json_out=_QueueWriter(results, item, spec.name))
         results.put(("end", execute(item, settings, progress, spec.name)))
 
 
@@ -348,6 +355,10 @@ class LocalBackend:
         process.start()
         self._workers[spec.name] = (process, tasks)
 
+    def pids(self) -> dict[str, int]:
+        """Each live worker's process id, by worker name."""
+        return {name: process.pid for name, (process, _) in self._workers.items()}
+
     def submit(self, item: WorkItem) -> None:
         name = next(n for n in self._workers if n not in self._busy)
         self._busy[name] = item
@@ -386,8 +397,11 @@ class LocalBackend:
             raise RuntimeError("every batch worker died; see the failures above")
         return lost
 
-    def close(self) -> None:
-        for process, tasks in self._workers.values():
+    def close(self, abort: bool = False) -> None:
+        """Let idle workers exit; with ``abort``, stop busy ones too (finished segments are kept)."""
+        for name, (process, tasks) in self._workers.items():
+            if abort and name in self._busy:
+                process.terminate()
             tasks.put(None)
         for process, _ in self._workers.values():
             process.join(timeout=30)
@@ -408,6 +422,7 @@ class _FileState:
     frames: int = 0
     failure: str | None = None
     started: float = 0.0
+    worker: str | None = None  # "cpu:0 on HOST", or "ray HOST pid P" once a Ray task reports
 
 
 class Driver:
@@ -432,6 +447,7 @@ class Driver:
     def run(self) -> Summary:
         started = time.perf_counter()
         in_flight: dict[str, WorkItem] = {}
+        aborted = True
         try:
             while self.queue or in_flight:
                 while self.queue and len(in_flight) < max(1, self.backend.slots):
@@ -444,11 +460,13 @@ class Driver:
                     if message[0] == "end":
                         in_flight.pop(message[1].item.id, None)
                     self._handle(message)
+            aborted = False
         finally:
+            # Interrupted (Ctrl-C) files stay "running" in the manifest: the next run resumes them.
+            self.backend.close(abort=aborted)
             for state in self.files.values():
                 if state.lock is not None:
                     state.lock.release()
-            self.backend.close()
         self.summary.seconds = time.perf_counter() - started
         return self.summary
 
@@ -481,12 +499,16 @@ class Driver:
             if item.kind != "segments":
                 self.emit("file_start", file=item.input, output=item.output, worker=worker,
                           attempt=state.record.attempts, split=self.options.split_shots)
-                state.record = set_state(self.manifest, item.key, "running", worker=f"{worker} on {socket.gethostname()}")
+                if worker != "ray":  # a Ray "start" is only a submission; the task names its node when done
+                    state.worker = f"{worker} on {socket.gethostname()}"
+                    state.record = set_state(self.manifest, item.key, "running", worker=state.worker)
             else:
                 self.emit("segment_start", file=item.input, worker=worker, segments=list(item.segments))
         elif kind == "event":
-            _, item, event = message
-            self.emit(event.pop("event"), file=item.input, **event)
+            _, item, worker, event = message
+            # Tasks of one split file run side by side: worker and segments tell their events apart.
+            where = {"segments": list(item.segments)} if item.kind == "segments" else {}
+            self.emit(event.pop("event"), file=item.input, worker=worker, **where, **event)
         else:
             self._finished(message[1])
 
@@ -494,6 +516,8 @@ class Driver:
         item = result.item
         state = self.files[item.key]
         state.waiting.discard(item.id)
+        if item.kind != "segments" and result.worker.startswith("ray "):
+            state.worker = result.worker
         if not result.ok:
             state.failure = state.failure or result.reason
             if result.traceback:
@@ -558,12 +582,13 @@ class Driver:
         seconds = round(now - state.started, 3)
         if state.failure is None:
             state.record = set_state(self.manifest, key, "done", reason=None, finished=now, frames=state.frames,
-                                     seconds=seconds)
+                                     seconds=seconds, worker=state.worker)
             self.summary.done.append(key)
             self.emit("file_done", file=state.record.input, output=state.record.output, frames=state.frames,
                       seconds=seconds)
         else:
-            state.record = set_state(self.manifest, key, "failed", reason=state.failure, finished=now, seconds=seconds)
+            state.record = set_state(self.manifest, key, "failed", reason=state.failure, finished=now, seconds=seconds,
+                                     worker=state.worker)
             self.summary.failed[key] = state.failure
             self.emit("file_failed", file=state.record.input, output=state.record.output, reason=state.failure)
         if state.lock is not None:

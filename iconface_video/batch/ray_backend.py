@@ -90,7 +90,8 @@ class RayBackend:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             return ItemResult(item, False, f"Ray task failed: {type(error).__name__}: {reason}", worker="ray")
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Cancel what still runs (only left after an abort) and leave a cluster this started."""
         for ref in self._running:
             self._ray.cancel(ref, force=True)
         self._running.clear()

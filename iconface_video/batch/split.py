@@ -15,22 +15,27 @@ frames, so a fast-cut trailer does not become hundreds of tiny tasks.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from pathlib import Path
 
 from iconface_video.io.transcode import SegmentPlan, make_plan
 from iconface_video.pipeline import JobSettings
+from iconface_video.progress import Progress
+from iconface_video.types import Frame
 
 
-def find_shot_starts(path: str | os.PathLike) -> tuple[int, ...]:
-    """First frame of every shot of ``path`` (0 first), from one streaming decode."""
+def find_shot_starts(path: str | os.PathLike, progress: Progress | None = None) -> tuple[int, ...]:
+    """First frame of every shot of ``path`` (0 first), from one streaming decode (stage "shots")."""
     from iconface_video.analysis.shots import ShotDetector
+    from iconface_video.io.probe import probe
     from iconface_video.io.reader import read_frames
 
     detector = ShotDetector()
     starts: list[int] = []
-    for frame in read_frames(path):
-        starts.extend(b.frame_index for b in detector.push(frame.index, frame.image) if b.transition)
+    with (progress or Progress.silent()).stage("shots", total=probe(path).frame_count) as bar:
+        for frame in read_frames(path):
+            starts.extend(b.frame_index for b in detector.push(frame.index, frame.image) if b.transition)
+            bar.update(1)
     starts.extend(b.frame_index for b in detector.flush() if b.transition)
     return tuple(starts)
 
@@ -66,22 +71,28 @@ def group_segments(ranges: tuple[tuple[int, int], ...], pending: list[int], min_
     return [tuple(g) for g in groups]
 
 
-def encode_segments(input_path: str, output_path: str, settings: JobSettings, indices: tuple[int, ...]) -> int:
+def encode_segments(input_path: str, output_path: str, settings: JobSettings, indices: tuple[int, ...],
+                    progress: Progress | None = None) -> int:
     """Encode segments ``indices`` of the split plan (skipping finished ones); returns frames encoded.
 
-    Restoration will plug in here the same way as into ``run_job`` (its ``process``).
+    Reports one "encode" stage over this task's frames. Restoration will plug in here the same
+    way as into ``run_job`` (its ``process``, applied to ``read_frames``' output).
     """
-    from iconface_video.io.transcode import encode_range
+    from iconface_video.io.reader import read_frames
+    from iconface_video.io.transcode import encode_frames
 
     plan = plan_for(input_path, output_path, settings)
     done = plan.done()
-    frames = 0
-    for i in indices:
-        if not done[i]:
-            encode_range(plan, i)
-            frames += plan.ranges[i][1] - plan.ranges[i][0]
-    return frames
+    todo = [i for i in indices if not done[i]]
+    total = sum(plan.ranges[i][1] - plan.ranges[i][0] for i in todo)
+    with (progress or Progress.silent()).stage("encode", total=total) as bar:
+        for i in todo:
+            start, end = plan.ranges[i]
+            encode_frames(plan, i, _counted(read_frames(input_path, start, end), bar.update))
+    return total
 
 
-def work_dir_of(input_path: str | os.PathLike, output_path: str | os.PathLike, settings: JobSettings) -> Path:
-    return plan_for(input_path, output_path, settings).work_dir
+def _counted(frames: Iterator[Frame], update: Callable[[int], None]) -> Iterator[Frame]:
+    for frame in frames:
+        update(1)
+        yield frame

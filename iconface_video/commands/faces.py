@@ -81,6 +81,8 @@ def command(source, frame_index, as_json, embed, save, detector, embedder, min_f
 
     if not source.is_file():
         raise InputError(f"{source}: no such file")
+    if save is not None and not (save.parent if str(save.parent) else Path(".")).is_dir():
+        raise OutputError(f"{save.parent}: folder does not exist")
     rotation = 0
     if source.suffix.lower() in IMAGE_SUFFIXES:
         image = read_image(source)

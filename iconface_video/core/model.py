@@ -140,7 +140,7 @@ class IConFaceCore(nn.Module):
         tok = torch.nonzero(token_mask).flatten()
         layout = build_layout(track, ref_track[tok], c.grid, c.ref_grid, c.topology, device=dev)
         lq_tokens = patchify(lq, c.patch)
-        ref_pix = resize_square(refs[tok][layout.ref_source], c.ref_size) if layout.ref_source.numel() else refs[:0]
+        ref_pix = resize_square(refs[tok][layout.ref_source], c.ref_size)
         h_deg = self.deg_in(lq_tokens).flatten(0, 1) + self.seg_emb[1]
         h_ref = self.ref_in(patchify(ref_pix, c.patch)).flatten(0, 1) + self.seg_emb[2]
 
@@ -163,14 +163,18 @@ class IConFaceCore(nn.Module):
         )
 
     def _encode_identity(self, refs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """float[N, id_dim] proxy features of the references that enter the anchor (zeros elsewhere)."""
+        """float[N, id_dim] proxy features of the references that enter the anchor (zeros elsewhere).
+
+        References are first resized to ``ref_size`` so the features do not depend on the size
+        the caller happened to pass.
+        """
         feat = refs.new_zeros(refs.shape[0], self.config.id_dim)
         used = torch.nonzero(weight > 0).flatten()
         if used.numel() == 0:
             return feat
         if self.proxy_encoder is None:
             raise ValueError(f"id_feat is required: the {self.config.id_encoder!r} identity encoder is not part of the model")
-        return feat.index_copy(0, used, self.proxy_encoder((refs[used] + 1) / 2).to(feat.dtype))
+        return feat.index_copy(0, used, self.proxy_encoder((resize_square(refs[used], self.config.ref_size) + 1) / 2).to(feat.dtype))
 
     # ----------------------------------------------------------------------------- modulation
     def _scene_mods(self, t: torch.Tensor, z_id: torch.Tensor, layout: Layout) -> tuple[Mod, Mod, Mod]:

@@ -33,7 +33,8 @@ SEG_SCENE, SEG_DEG, SEG_REF = 0.0, 10.0, 20.0
 
 @dataclass(frozen=True, eq=False)
 class Layout:
-    """Where every token of a batch lives; every index tensor is int64 on ``device``.
+    """Where every token of a batch lives. Index tensors are int64 on ``device``; the range tables
+    stay on the CPU, where the attention kernels read them (no device-to-host sync per call).
 
     Shapes: B crops, ns tokens per crop and segment, nr tokens per reference image, M reference
     images in the layout (per track for ``one_way``, per crop for ``full``).
@@ -46,7 +47,6 @@ class Layout:
     crop_track: torch.Tensor  # int64[B]   index of each crop's track in ``tracks``
     tracks: torch.Tensor  # int64[n_tracks]  the track ids, sorted
     ref_source: torch.Tensor  # int64[M]  which input reference fills each reference slot
-    ref_owner: torch.Tensor  # int64[M]   track index (one_way) or crop index (full) of each slot
     refs_per_track: torch.Tensor  # int64[n_tracks]  kept references per track
     perm: torch.Tensor  # int64[T]  flat position -> row of cat([scene, cond])
     table_joint: torch.Tensor  # int64[n, 6]  flat queries -> flat keys
@@ -71,7 +71,7 @@ class Layout:
 
     def xattn_table(self, n_routes: int) -> torch.Tensor:
         """int64[B, 6]: scene queries of crop b → its memory rows in ``[route 0 (B·ns) | route 1]``."""
-        b = torch.arange(self.n_crops, device=self.perm.device)
+        b = torch.arange(self.n_crops)
         q0 = b * self.ns
         ns = torch.full_like(b, self.ns)
         zero = torch.zeros_like(b)
@@ -117,11 +117,10 @@ def build_layout(
     track_ref_start = torch.cumsum(refs_per_track, 0) - refs_per_track  # in images
 
     if topology == "one_way":
-        ref_source, ref_owner = ref_ids, ref_tidx
+        ref_source = ref_ids
     elif topology == "full":
         per_crop = [ref_ids[ref_tidx == int(t)] for t in crop_track]
         ref_source = torch.cat(per_crop) if per_crop else ref_ids[:0]
-        ref_owner = torch.cat([torch.full((len(p),), b) for b, p in enumerate(per_crop)]) if per_crop else ref_ids[:0]
     else:
         raise ValueError(f"unknown topology {topology!r}")
     n_slots = int(ref_source.shape[0])
@@ -156,7 +155,7 @@ def build_layout(
         base = 0
         slot = 0
         for b in range(n_crops):
-            k = int((ref_owner == b).sum())
+            k = len(per_crop[b])
             perm_parts += [b * ns + ar_ns, n_scene + b * ns + ar_ns,
                            n_scene + n_deg + slot * nr + torch.arange(k * nr)]
             whole = 2 * ns + k * nr
@@ -166,7 +165,7 @@ def build_layout(
             slot += k
 
     def table(rows: list[list[int]]) -> torch.Tensor:
-        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 6).to(device)
+        return torch.tensor(rows, dtype=torch.int64).reshape(-1, 6)
 
     cond_row = torch.cat([torch.zeros(n_deg, dtype=torch.int64), torch.ones(n_slots * nr, dtype=torch.int64)])
     scene_pos = _positions(grid, 1.0, SEG_SCENE, n_crops)
@@ -175,7 +174,7 @@ def build_layout(
     return Layout(
         n_crops=n_crops, ns=ns, nr=nr, topology=topology,
         crop_track=crop_track.to(device), tracks=tracks.to(device),
-        ref_source=ref_source.to(device), ref_owner=ref_owner.to(device),
+        ref_source=ref_source.to(device),
         refs_per_track=refs_per_track.to(device),
         perm=torch.cat(perm_parts).to(device) if perm_parts else torch.zeros(0, dtype=torch.int64, device=device),
         table_joint=table(joint_rows), table_cond=table(cond_rows), table_scene=table(scene_rows),

@@ -115,6 +115,8 @@ class Restorer:
             raise ValueError("refs must be float[N, 3, S, S] with ref_track int64[N]")
         if ref_feat is not None and ref_feat.shape != (n, self.config.id_dim):
             raise ValueError(f"ref_feat must be float[{n}, {self.config.id_dim}], got {tuple(ref_feat.shape)}")
+        if b == 0:
+            return RestoreOutput(crops=lq.new_zeros(0, 3, r, r).float().cpu(), diagnostics=[])
         refs = refs if n else lq.new_zeros(0, 3, self.ref_size, self.ref_size)
         ref_track = ref_track if n else track.new_zeros(0)
         weight = torch.ones(n) if ref_weight is None else ref_weight.float().cpu().clamp(0, 1)

@@ -70,23 +70,17 @@ def border_taper(size: int, fraction: float = _TAPER_FRACTION) -> torch.Tensor:
     return (edge[:, None] * edge[None, :])[None, None]
 
 
-def face_change(
-    restored: torch.Tensor,
-    lq: torch.Tensor,
-    mask: torch.Tensor,
-    correction: torch.Tensor,
-    strength: float,
-    greyscale: bool,
-) -> torch.Tensor:
+def face_change(residual: torch.Tensor, mask: torch.Tensor, strength: float, greyscale: torch.Tensor) -> torch.Tensor:
     """The masked change ``float32[N, 4, R, R]`` (3 colour channels + mask) to paste back.
 
-    ``restored``, ``lq``, ``correction``: ``float32[N, 3, R, R]``; ``mask``: ``float32[N, 1, R, R]``
-    in [0, 1]. ``strength`` in [0, 1] blends between the input (0) and the restored face (1).
-    Channel 3 is the mask itself, so faces that overlap composite in order (see ``paste``).
+    ``residual`` is ``restored + correction - lq``, ``float32[N, 3, R, R]``; ``mask`` is
+    ``float32[N, 1, R, R]`` in [0, 1]; ``strength`` in [0, 1] blends between the input (0) and
+    the restored face (1); ``greyscale`` ``bool[N]`` marks crops of black-and-white footage,
+    whose change is made chroma-free. Channel 3 is the mask itself, so faces that overlap
+    composite in order (see ``paste``).
     """
-    change = restored + correction - lq
-    if greyscale:
-        change = chroma_free(change)
+    grey = greyscale.to(residual.device).view(-1, 1, 1, 1)
+    change = torch.where(grey, chroma_free(residual), residual)
     alpha = mask * strength
     return torch.cat([change * alpha, alpha], dim=1)
 

@@ -118,8 +118,10 @@ class FaceEngine:
         self.observer = observer
         self.times = StageTimes()
         self._taper = border_taper(crop_size).to(self.device)
-        self._colour = TrackAverages(self.temporal.decay)
-        self._masks = TrackAverages(self.temporal.decay)
+        # Running averages in aligned space, per track: colour correction, mask, and the
+        # restored detail itself (lighter: it moves with expressions, which must not ghost).
+        self._averages = {name: TrackAverages(decay) for name, decay in (
+            ("colour", self.temporal.decay), ("mask", self.temporal.decay), ("detail", self.temporal.detail_decay))}
 
     # -- public -----------------------------------------------------------------------------
 
@@ -200,8 +202,8 @@ class FaceEngine:
 
     def _render_unit(self, unit: _Unit) -> list[Frame]:
         if unit.reset:
-            self._colour.reset()
-            self._masks.reset()
+            for average in self._averages.values():
+                average.reset()
         self.times.frames += len(unit.frames)
         if not unit.jobs:
             return self._finish(unit.frames, {})
@@ -218,16 +220,16 @@ class FaceEngine:
             started = time.perf_counter()
             correction = colour_correction(restored, lq)
             masks = self.mask(lq, np.stack([job.kps_crop for job in unit.jobs])).to(lq.device) * self._taper
+            colour, mask, detail = (self._averages[k] for k in ("colour", "mask", "detail"))
             # Crops are in frame order, so the running averages see each track's frames in turn.
             for i, job in enumerate(unit.jobs):
-                correction[i] = self._colour.update(job.track, job.frame, correction[i])
-                masks[i] = self._masks.update(job.track, job.frame, masks[i])
+                correction[i] = colour.update(job.track, job.frame, correction[i])
+                masks[i] = mask.update(job.track, job.frame, masks[i])
+            residual = restored + correction - lq
+            for i, job in enumerate(unit.jobs):
+                residual[i] = detail.update(job.track, job.frame, residual[i])
             grey = (lq.amax(dim=1) - lq.amin(dim=1)).flatten(1).amax(dim=1) <= _GREY_SPREAD
-            changes = torch.cat([
-                face_change(restored[i : i + 1], lq[i : i + 1], masks[i : i + 1], correction[i : i + 1],
-                            self.strength, bool(grey[i]))
-                for i in range(len(lq))
-            ])
+            changes = face_change(residual, masks, self.strength, grey)
             by_frame: dict[int, list[int]] = {}
             for i, job in enumerate(unit.jobs):
                 by_frame.setdefault(job.frame, []).append(i)
@@ -236,8 +238,8 @@ class FaceEngine:
             frames = self._finish(unit.frames, {f: (changes[ix], [unit.jobs[i] for i in ix]) for f, ix in by_frame.items()})
             self.times.blend += time.perf_counter() - started
         # Averages of tracks that ended are dropped, so memory follows the live tracks only.
-        self._colour.forget_before(unit.frames[-1].index)
-        self._masks.forget_before(unit.frames[-1].index)
+        for average in self._averages.values():
+            average.forget_before(unit.frames[-1].index)
         return frames
 
     def _finish(self, frames: list[Frame], changes: dict[int, tuple[torch.Tensor, list[FaceJob]]]) -> list[Frame]:

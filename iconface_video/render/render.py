@@ -37,7 +37,7 @@ from iconface_video.render.engine import FaceEngine, MaskFn
 from iconface_video.render.interlace import FieldInfo, deinterlace, detect_interlace
 from iconface_video.render.plan import RenderPlan, plan_faces, select_tracks
 from iconface_video.render.report import RenderReport, StillCollector, identity_label
-from iconface_video.render.restore import BatchRestorer, TrackReferences, align_references
+from iconface_video.render.restore import BatchRestorer, TrackReferences, align_references, with_features
 from iconface_video.render.temporal import TemporalSettings
 from iconface_video.types import Frame
 
@@ -277,7 +277,8 @@ def identity_references(analysis: Analysis, options: RenderOptions, template: st
 
 
 def per_track(analysis: Analysis, by_identity: dict[int, TrackReferences]) -> dict[int, TrackReferences]:
-    """Each track gets its identity's references (an unassigned track gets none)."""
+    """Each track gets its identity's references (an unassigned track gets none); they are the
+    same objects for every track of a person, so their features are computed once per person."""
     return {t.id: by_identity[t.identity] for t in analysis.tracks if t.identity in by_identity}
 
 
@@ -402,7 +403,8 @@ def render_video(
     stills = StillCollector(names)
     engine = FaceEngine(
         plan,
-        BatchRestorer(restorer, per_track(analysis, by_identity), seed=options.seed, steps=options.steps),
+        BatchRestorer(restorer, per_track(analysis, {i: with_features(r, restorer) for i, r in by_identity.items()}),
+                      seed=options.seed, steps=options.steps),
         mask,
         crop_size=restorer.crop_size,
         strength=options.strength,
@@ -428,9 +430,25 @@ def render_video(
     timings.update(engine.times.as_dict())
     timings["total"] = time.perf_counter() - started
     report = RenderReport.build(**report_base, timings=timings, dry_run=False, resumed_frames=result.resumed_frames,
-                                stats=engine.times, stills=stills, warnings=result.warnings)
+                                stats=engine.times, stills=stills, warnings=result.warnings,
+                                sheets=_contact_sheets(analysis, names) if options.html else {})
     report.save(analysis_path, output_path, html=options.html)
     return report
+
+
+def _contact_sheets(analysis: Analysis, names: dict[int, str]) -> dict:
+    """The analysis's contact sheet of each identity with references (for the HTML page)."""
+    from iconface_video.analysis.contact_sheet import contact_sheet
+
+    sheets = {}
+    for identity in analysis.identities:
+        try:
+            sheet = contact_sheet(analysis, identity.id)
+        except InputError:  # a reference crop was deleted: the page goes without that sheet
+            continue
+        if sheet is not None:
+            sheets[names[identity.id]] = sheet
+    return sheets
 
 
 def _run_side_by_side_job(input_path: Path, output_path: Path, settings, process, progress: Progress):

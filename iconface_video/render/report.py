@@ -96,6 +96,7 @@ class RenderReport:
     warnings: tuple[str, ...] = ()
     html: str | None = None
     stills: dict = field(default_factory=dict, compare=False, repr=False)
+    sheets: dict = field(default_factory=dict, compare=False, repr=False)  # label -> uint8[H, W, 3]
 
     @classmethod
     def build(cls, *, plan: RenderPlan, stats: StageTimes | None = None, stills: StillCollector | None = None,
@@ -115,7 +116,7 @@ class RenderReport:
         )
 
     def to_json(self) -> dict:
-        data = {k: v for k, v in self.__dict__.items() if k != "stills"}
+        data = {k: v for k, v in self.__dict__.items() if k not in ("stills", "sheets")}
         data["range"] = list(self.range)
         data["warnings"] = list(self.warnings)
         data["timings"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.timings.items()}
@@ -175,18 +176,21 @@ class RenderReport:
             refs = self.references.get(name, [])
             weights = self.reference_weights.get(name, [])
             ref_list = "".join(f"<li>{esc(src)} (weight {w:.2f})</li>" for src, w in zip(refs, weights)) or "<li>none</li>"
+            sheet = self.sheets.get(name)
+            sheet_html = "" if sheet is None else (
+                f"<p>contact sheet of the analysis:</p><img class=sheet src='{_png_data(sheet, max(sheet.shape[:2]))}'>")
             rows.append(
                 f"<section><h2>{esc(name)}</h2><p>{self.faces_per_identity.get(name, 0)} faces restored; "
                 f"still from frame {frame} (eyes {eye:.0f} px apart)</p>"
                 f"<div class=pair><figure><img src='{_png_data(before)}'><figcaption>before</figcaption></figure>"
                 f"<figure><img src='{_png_data(after)}'><figcaption>after</figcaption></figure></div>"
-                f"<p>references given to the core:</p><ul>{ref_list}</ul></section>"
+                f"<p>references given to the core:</p><ul>{ref_list}</ul>{sheet_html}</section>"
             )
         summary = "".join(f"<p>{esc(line)}</p>" for line in self.summary().splitlines())
         return (
             "<!doctype html><html><head><meta charset=utf-8><title>iconface-video render report</title>"
             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
-            ".pair{display:flex;gap:1em}img{image-rendering:auto;width:256px}"
+            ".pair{display:flex;gap:1em}.pair img{width:256px}img.sheet{max-width:100%}"
             "pre{background:#f4f4f4;padding:1em;overflow:auto}</style></head><body>"
             f"<h1>{esc(Path(self.output).name)}</h1>{summary}{''.join(rows)}"
             f"<h2>settings and timings</h2><pre>{esc(json.dumps(self.to_json(), indent=2, default=str))}</pre>"

@@ -9,6 +9,7 @@ defence against per-frame flicker of generated detail.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -22,11 +23,13 @@ from iconface_video.faces.align import estimate_affine, images_to_tensor, warp_f
 class TrackReferences:
     """A track's references for the core: ``crops`` ``float32[K, 3, r, r]`` aligned to the core's
     template at its reference size, ``weights`` ``float32[K]`` reliabilities (0 = invalid),
-    ``sources`` a short description of each (``"frame 120"`` or a photo path) for the report."""
+    ``sources`` a short description of each (``"frame 120"`` or a photo path) for the report;
+    ``features`` ``float32[K, D]`` their identity features when computed ahead (``with_features``)."""
 
     crops: torch.Tensor
     weights: torch.Tensor
     sources: tuple[str, ...]
+    features: torch.Tensor | None = None
 
 
 def align_references(images: list[np.ndarray], kps5: np.ndarray, template: str, size: int) -> torch.Tensor:
@@ -44,15 +47,31 @@ def align_references(images: list[np.ndarray], kps5: np.ndarray, template: str, 
     return torch.cat(crops)
 
 
+def with_features(refs: TrackReferences, restorer) -> TrackReferences:
+    """``refs`` with their identity features computed once (cores with an external encoder).
+
+    A core whose identity encoder is external (dlib, ArcFace, AdaFace) would otherwise run it
+    on the same references in every batch; its ``proxy`` encoder is part of the network.
+    """
+    config = getattr(restorer, "config", None)  # stand-in restorers (tests) have none
+    if config is None or config.id_encoder == "proxy" or len(refs.crops) == 0:
+        return refs
+    from iconface_video.core.identity import load_id_encoder
+
+    encode = load_id_encoder(config.id_encoder, config.template)
+    return dataclasses.replace(refs, features=encode(refs.crops).to(torch.float32))
+
+
 def pack_batch(
     tracks: np.ndarray, references: Mapping[int, TrackReferences], ref_size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """References of the tracks present in a batch, in the core's flat layout.
 
     Returns ``refs float32[N, 3, r, r]``, ``ref_track int64[N]``, ``ref_weight float32[N]``,
-    each track's references once, tracks in ascending order.
+    each track's references once, tracks in ascending order, and their precomputed identity
+    features ``float32[N, D]`` (None unless every track's references carry them).
     """
-    crops, owners, weights = [], [], []
+    crops, owners, weights, features = [], [], [], []
     for track in sorted(set(int(t) for t in tracks)):
         refs = references.get(track)
         if refs is None or len(refs.crops) == 0:
@@ -60,9 +79,11 @@ def pack_batch(
         crops.append(refs.crops)
         owners.append(torch.full((len(refs.crops),), track, dtype=torch.int64))
         weights.append(refs.weights.to(torch.float32))
+        features.append(refs.features)
     if not crops:
-        return torch.zeros(0, 3, ref_size, ref_size), torch.zeros(0, dtype=torch.int64), torch.zeros(0)
-    return torch.cat(crops), torch.cat(owners), torch.cat(weights)
+        return torch.zeros(0, 3, ref_size, ref_size), torch.zeros(0, dtype=torch.int64), torch.zeros(0), None
+    feats = torch.cat(features) if all(f is not None for f in features) else None
+    return torch.cat(crops), torch.cat(owners), torch.cat(weights), feats
 
 
 @dataclass(frozen=True)
@@ -85,13 +106,14 @@ class BatchRestorer:
         if lq.shape[0] == 0:
             return lq
         device = lq.device
-        refs, ref_track, ref_weight = pack_batch(tracks, self.references, self.restorer.ref_size)
+        refs, ref_track, ref_weight, ref_feat = pack_batch(tracks, self.references, self.restorer.ref_size)
         output = self.restorer.restore(
             lq,
             torch.as_tensor(np.asarray(tracks), dtype=torch.int64, device=device),
             refs.to(device) if len(refs) else None,
             ref_track.to(device),
             ref_weight.to(device),
+            ref_feat=ref_feat,
             seed=self.seed,
             steps=self.steps,
         )

@@ -8,8 +8,10 @@ crosses a cut, so nothing is smoothed across one):
   before the similarity fit. A low-order polynomial keeps real head motion (no lag, unlike an
   exponential filter) and removes the detector's frame-to-frame jitter, which otherwise moves
   the aligned crop, and with it every generated detail, by a pixel or two per frame;
-- masks and colour correction: a causal exponential average in *aligned* space (crops of one
-  track are aligned, so the same pixel means the same part of the face from frame to frame).
+- masks, colour correction and the restored detail: causal exponential averages in *aligned*
+  space (crops of one track are aligned, so the same pixel means the same part of the face from
+  frame to frame). Detail is averaged more lightly than masks and colour: a mouth that opens
+  must not leave a ghost of its closed self.
 
 One ``strength`` in [0, 1] (``--temporal``) sets every filter; 0 switches all of them off.
 """
@@ -28,6 +30,8 @@ _MAX_HALF_WINDOW = 6
 # At full strength an exponential average keeps 85% of the previous state per frame, i.e. an
 # effective memory of about 6 frames, which is what the landmark window spans on each side.
 _MAX_DECAY = 0.85
+# The restored detail keeps at most half of its previous state per frame (a memory of ~2 frames).
+_MAX_DETAIL_DECAY = 0.5
 
 
 @dataclass(frozen=True)
@@ -38,13 +42,15 @@ class TemporalSettings:
     window: int  # Savitzky-Golay window in frames (odd; 1 = off)
     polyorder: int
     decay: float  # weight of the previous state in the mask / colour averages (0 = off)
+    detail_decay: float = 0.0  # the same for the restored detail
 
     @classmethod
     def from_strength(cls, strength: float) -> TemporalSettings:
         if not 0.0 <= strength <= 1.0:
             raise ValueError(f"temporal strength must be in [0, 1], got {strength}")
         half = int(round(strength * _MAX_HALF_WINDOW))
-        return cls(strength=strength, window=2 * half + 1, polyorder=2, decay=_MAX_DECAY * strength)
+        return cls(strength=strength, window=2 * half + 1, polyorder=2, decay=_MAX_DECAY * strength,
+                   detail_decay=_MAX_DETAIL_DECAY * strength)
 
 
 def contiguous_runs(frames: np.ndarray) -> list[slice]:

@@ -33,7 +33,9 @@ def safe_load_torch(path: str | Path, device: str = "cpu") -> object:
     try:
         return torch.load(str(path), map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
+        # torch's message is long; its useful line names the refused global ("Unsupported global: ...").
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        first = next((line for line in lines if "global" in line.lower() or "Can only" in line), lines[0] if lines else "unsafe content")
         raise BadWeightsError(
             f"{path}: refused: the file is a pickle that would run code or build objects other than "
             f"tensors ({first}); use a safetensors or plain state-dict file from a trusted source"
