@@ -65,6 +65,11 @@ def test_bad_shapes_are_refused(restorer):
         restorer.restore(lq[:, :, :16, :16], track)
     with pytest.raises(ValueError, match="track"):
         restorer.restore(lq, track[:2])
+    with pytest.raises(ValueError, match="finite floats"):
+        restorer.restore((lq * 255).to(torch.uint8), track)
+    with pytest.raises(ValueError, match="ref_weight"):
+        restorer.restore(lq, track, refs, ref_track, ref_weight=torch.ones(2))
+    assert restorer.restore(lq[:0], track[:0]).crops.shape == (0, 3, 32, 32)
     with pytest.raises(ValueError, match="ref_track"):
         restorer.restore(lq, track, refs, None)
 
@@ -105,3 +110,16 @@ def test_ffhq_crops_are_realigned_to_arcface_for_the_encoders():
     for x, y in template("arcface", 112):
         patch = out[round(float(y)) - 3 : round(float(y)) + 4, round(float(x)) - 3 : round(float(x)) + 4]
         assert patch.max() > 0.3, (x, y)
+
+
+def test_reference_guidance_interpolates_between_no_ref_and_ref(restorer):
+    lq, track, refs, ref_track = mixed_inputs(restorer.config)
+    plain = restorer.restore(lq, track, refs, ref_track, seed=0).crops
+    assert torch.equal(plain, restorer.restore(lq, track, refs, ref_track, seed=0, ref_guidance=1.0).crops)
+    no_ref = restorer.restore(lq, track, seed=0).crops
+    w0 = restorer.restore(lq, track, refs, ref_track, seed=0, ref_guidance=0.0)
+    assert (w0.crops - no_ref).abs().max() <= 1e-5
+    strong = restorer.restore(lq, track, refs, ref_track, seed=0, ref_guidance=2.0).crops
+    assert (strong[0] - plain[0]).abs().max() <= 1e-5  # K = 0: guidance changes nothing
+    assert (strong[2] - plain[2]).abs().max() > 1e-4
+    assert w0.diagnostics[2]["ref_guidance"] == 0.0

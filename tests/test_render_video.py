@@ -162,8 +162,11 @@ def test_device_batch_size_and_precision(setup):
     seen.clear()
     four = _run(setup, "bs4", restorer=Counting(), batch_size=4)
     assert max(seen) == 4 and len(seen) < 16
-    # The batch size changes memory and speed, never the picture.
-    assert all(_same(one, setup["base"])) and all(_same(four, setup["base"]))
+    # The batch size changes memory and speed, not the picture: the core is batch-invariant up
+    # to float rounding (~1e-6), which may flip a rare pixel by a level (two after 4:2:0).
+    for frames in (one, four):
+        diff = np.stack([np.abs(a.astype(int) - b) for a, b in zip(frames, setup["base"])])
+        assert diff.max() <= 2 and (diff > 0).mean() < 1e-3
     bf16 = _run(setup, "bf16", restorer=type(restorer)(restorer.model, restorer.config, precision="bf16"))
     assert not all(_same(bf16, setup["base"]))
 

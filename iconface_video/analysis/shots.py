@@ -37,6 +37,7 @@ class ShotSettings:
     min_shot_frames: int = 4  # no two cuts closer than this
     black_level: float = 40.0  # a frame whose 99th-percentile luma (0..255) is below this is black
     persist_ratio: float = 0.6  # frame t+1 vs t-1 must still change by this share of the cut
+    same_picture: float = 0.85  # frames correlating this well (brightness aside) are never cut apart
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,6 +47,7 @@ class FrameFeatures:
     hist: np.ndarray
     edges: np.ndarray
     bright: float  # 99th percentile of luma (0..255): low only for a (nearly) black frame
+    grey: np.ndarray  # uint8[h, w] the small grey picture, for the brightness-blind comparison
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ def frame_features(image: np.ndarray) -> FrameFeatures:
     # Thresholds from the frame's own median so dark and bright shots give comparable edge maps.
     median = float(np.median(grey))
     edges = cv2.Canny(grey, 0.66 * median + 10, 1.33 * median + 20) > 0
-    return FrameFeatures(hist=hist, edges=edges, bright=float(np.percentile(grey, 99)))
+    return FrameFeatures(hist=hist, edges=edges, bright=float(np.percentile(grey, 99)), grey=grey)
 
 
 def _edge_change(a: np.ndarray, b: np.ndarray) -> float:
@@ -84,6 +86,14 @@ def _edge_change(a: np.ndarray, b: np.ndarray) -> float:
     return float(max(entering, exiting))
 
 
+def same_picture(a: FrameFeatures, b: FrameFeatures) -> float:
+    """Normalised cross-correlation of the two grey pictures in [-1, 1]: blind to brightness and
+    contrast, so a fade, a flash or a lighting change keeps it high while a cut drops it."""
+    if a.grey.shape != b.grey.shape or a.grey.std() < 2 or b.grey.std() < 2:
+        return 0.0
+    return float(cv2.matchTemplate(a.grey, b.grey, cv2.TM_CCOEFF_NORMED)[0, 0])
+
+
 def change(a: FrameFeatures, b: FrameFeatures) -> float:
     """Content change between two frames in [0, 1]: mean of histogram distance and edge change."""
     hist_distance = float(cv2.compareHist(a.hist, b.hist, cv2.HISTCMP_BHATTACHARYYA))
@@ -95,12 +105,13 @@ def change(a: FrameFeatures, b: FrameFeatures) -> float:
 class ShotDetector:
     """Streaming shot-boundary detector; see the module docstring for the method.
 
-    Memory: the features of the last ``LOOKAHEAD + 2`` frames and ``window`` change values.
+    Memory: the features of the last ``LOOKAHEAD + 3`` frames and ``window`` change values.
     """
 
     def __init__(self, settings: ShotSettings = ShotSettings()) -> None:
         self.settings = settings
-        self._recent: deque[tuple[int, FrameFeatures]] = deque(maxlen=LOOKAHEAD + 2)
+        self._recent: deque[tuple[int, FrameFeatures]] = deque(maxlen=LOOKAHEAD + 3)
+        self._flash = -1  # the last frame rejected as a flash
         self._changes: deque[float] = deque(maxlen=settings.window)  # change at decided, non-cut frames
         self._pending: deque[tuple[int, float]] = deque()  # (frame index, change vs previous) undecided
         self._last_cut = -(10**9)
@@ -153,13 +164,28 @@ class ShotDetector:
         if self._dark_run > 0 and not is_dark:
             transition = "fade"  # content returns after black: the fade-in starts a shot
         elif delta > self._threshold() and frame_index - self._last_cut >= s.min_shot_frames:
-            transition = "cut" if self._persists(frame_index, delta, lookahead) else None
+            previous = self._features_of(frame_index - 1)
+            if is_dark or (previous is not None and previous.bright < s.black_level):
+                transition = None  # into or out of black: the fade rule above decides
+            elif previous is not None and current is not None and same_picture(previous, current) >= s.same_picture:
+                transition = None  # a fade step or a lighting change: same picture, other brightness
+            elif self._flash == frame_index - 1 and self._back_to_before_flash(frame_index, delta):
+                transition = None  # the picture returns after a flash
+            elif self._persists(frame_index, delta, lookahead):
+                transition = "cut"
+            else:
+                self._flash = frame_index
         self._dark_run = self._dark_run + 1 if is_dark else 0
         if transition is None:
             self._changes.append(delta)
         else:
             self._last_cut = frame_index
         return Boundary(frame_index, transition)
+
+    def _back_to_before_flash(self, frame_index: int, delta: float) -> bool:
+        before = self._features_of(frame_index - 2)
+        current = self._features_of(frame_index)
+        return before is not None and current is not None and change(before, current) < self.settings.persist_ratio * delta
 
     def _persists(self, frame_index: int, delta: float, lookahead: bool) -> bool:
         """A flash returns to the old picture one frame later; a cut does not."""
@@ -203,6 +229,7 @@ def _features_to_json(features: FrameFeatures) -> dict:
         "edges": base64.b64encode(packed.tobytes()).decode("ascii"),
         "edges_shape": list(features.edges.shape),
         "bright": features.bright,
+        "grey": base64.b64encode(features.grey.tobytes()).decode("ascii"),
     }
 
 
@@ -211,7 +238,8 @@ def _features_from_json(data: dict) -> FrameFeatures:
     bits = np.frombuffer(base64.b64decode(data["edges"]), np.uint8)
     edges = np.unpackbits(bits)[: shape[0] * shape[1]].reshape(shape).astype(bool)
     hist = np.frombuffer(base64.b64decode(data["hist"]), np.float32).copy()
-    return FrameFeatures(hist=hist, edges=edges, bright=float(data["bright"]))
+    grey = np.frombuffer(base64.b64decode(data["grey"]), np.uint8).reshape(shape).copy()
+    return FrameFeatures(hist=hist, edges=edges, bright=float(data["bright"]), grey=grey)
 
 
 def shots_from_boundaries(starts: list[tuple[int, str]], last_frame: int, times: dict[int, float] | None = None,

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from iconface_video.kernels.adaln_modulate import adaln_modulate
-from iconface_video.kernels.gate_residual import gate_residual
+from iconface_video.kernels.gate_residual import gate_residual, gate_residual_adaln
 from iconface_video.kernels.ranged_attention import ranged_attention
 
 
@@ -105,6 +105,10 @@ class Attention(nn.Module):
             return ranged_attention(q, k.to(q.dtype), v.to(q.dtype), table)
 
 
+Tensor = torch.Tensor
+QKV = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # each float[T, H, Dh]
+
+
 class _Stream(nn.Module):
     """One stream's weights of a dual block: QKV, QK-RMSNorm, output, SwiGLU MLP."""
 
@@ -119,14 +123,14 @@ class _Stream(nn.Module):
         self.mlp_in = SegmentLoRALinear(dim, 2 * hidden, lora_r)
         self.mlp_out = SegmentLoRALinear(hidden, dim, lora_r)
 
-    def pre(self, h: torch.Tensor, mod: Mod, rope, n_deg: int | None):
+    def pre(self, h: Tensor, mod: Mod, rope: Tensor, n_deg: int | None) -> QKV:
         x = adaln_modulate(h, mod.chunk(0), mod.chunk(1), mod.row)
         q, k, v = self.qkv(x, n_deg).unflatten(1, (3, self.heads, -1)).unbind(1)
         return apply_rope(self.q_norm(q), rope), apply_rope(self.k_norm(k), rope), v
 
     def post(self, h: torch.Tensor, o: torch.Tensor, mod: Mod, n_deg: int | None) -> torch.Tensor:
-        h = gate_residual(h, self.out(o.flatten(1), n_deg), mod.chunk(2), mod.row)
-        x = adaln_modulate(h, mod.chunk(3), mod.chunk(4), mod.row)
+        # Attention residual and the MLP's LN + modulation in one pass over h (one kernel on CUDA).
+        h, x = gate_residual_adaln(h, self.out(o.flatten(1), n_deg), mod.chunk(2), mod.chunk(3), mod.chunk(4), mod.row)
         gate, up = self.mlp_in(x, n_deg).chunk(2, dim=1)
         return gate_residual(h, self.mlp_out(F.silu(gate) * up, n_deg), mod.chunk(5), mod.row)
 
@@ -141,16 +145,17 @@ class DualBlock(nn.Module):
         self.cond = _Stream(dim, heads, mlp_ratio, lora_r)
         self.attn = Attention()
 
-    def scene_pre(self, h, mod, rope):
+    # ``*_pre`` returns (q, k, v) and what ``*_post`` needs besides the attention output (nothing here).
+    def scene_pre(self, h: Tensor, mod: Mod, rope: Tensor) -> tuple[QKV, None]:
         return self.scene.pre(h, mod, rope, None), None
 
-    def cond_pre(self, h, mod, rope, n_deg):
+    def cond_pre(self, h: Tensor, mod: Mod, rope: Tensor, n_deg: int) -> tuple[QKV, None]:
         return self.cond.pre(h, mod, rope, n_deg), None
 
-    def scene_post(self, h, o, aux, mod):
+    def scene_post(self, h: Tensor, o: Tensor, aux: None, mod: Mod) -> Tensor:
         return self.scene.post(h, o, mod, None)
 
-    def cond_post(self, h, o, aux, mod, n_deg):
+    def cond_post(self, h: Tensor, o: Tensor, aux: None, mod: Mod, n_deg: int) -> Tensor:
         return self.cond.post(h, o, mod, n_deg)
 
 
@@ -168,26 +173,27 @@ class SingleBlock(nn.Module):
         self.k_norm = QKNorm(dim // heads, eps=1e-6)
         self.attn = Attention()
 
-    def _pre(self, h, mod, rope, n_deg):
+    def _pre(self, h: Tensor, mod: Mod, rope: Tensor, n_deg: int | None) -> tuple[QKV, Tensor]:
         x = adaln_modulate(h, mod.chunk(0), mod.chunk(1), mod.row)
         qkv, mlp = self.lin_in(x, n_deg).split([3 * h.shape[1], 2 * self.hidden], dim=1)
         q, k, v = qkv.unflatten(1, (3, self.heads, -1)).unbind(1)
         gate, up = mlp.chunk(2, dim=1)
         return (apply_rope(self.q_norm(q), rope), apply_rope(self.k_norm(k), rope), v), F.silu(gate) * up
 
-    def _post(self, h, o, aux, mod, n_deg):
+    def _post(self, h: Tensor, o: Tensor, aux: Tensor, mod: Mod, n_deg: int | None) -> Tensor:
         return gate_residual(h, self.lin_out(torch.cat([o.flatten(1), aux], dim=1), n_deg), mod.chunk(2), mod.row)
 
-    def scene_pre(self, h, mod, rope):
+    # ``aux`` is the SwiGLU activation computed in ``*_pre`` (the MLP runs parallel to attention).
+    def scene_pre(self, h: Tensor, mod: Mod, rope: Tensor) -> tuple[QKV, Tensor]:
         return self._pre(h, mod, rope, None)
 
-    def cond_pre(self, h, mod, rope, n_deg):
+    def cond_pre(self, h: Tensor, mod: Mod, rope: Tensor, n_deg: int) -> tuple[QKV, Tensor]:
         return self._pre(h, mod, rope, n_deg)
 
-    def scene_post(self, h, o, aux, mod):
+    def scene_post(self, h: Tensor, o: Tensor, aux: Tensor, mod: Mod) -> Tensor:
         return self._post(h, o, aux, mod, None)
 
-    def cond_post(self, h, o, aux, mod, n_deg):
+    def cond_post(self, h: Tensor, o: Tensor, aux: Tensor, mod: Mod, n_deg: int) -> Tensor:
         return self._post(h, o, aux, mod, n_deg)
 
 
@@ -232,7 +238,7 @@ class DegradedCrossAttention(nn.Module):
         self.gate = nn.Parameter(torch.zeros(()))
         self.attn = Attention()
 
-    def memory(self, m_a: torch.Tensor, m_b: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor]:
+    def memory(self, m_a: Tensor, m_b: Tensor, rope: Tensor) -> tuple[Tensor, Tensor]:
         """m_a, m_b float[n_deg, D] → keys, values float[n_routes · n_deg, H, Dh] (routes in order).
 
         ``rope`` is the scene rows' rotation: degraded token i sits on scene token i's (h, w) and
@@ -247,7 +253,8 @@ class DegradedCrossAttention(nn.Module):
                 vs.append(v.unflatten(1, (self.heads, -1)))
         return torch.cat(ks), torch.cat(vs)
 
-    def forward(self, h_s: torch.Tensor, mem_k: torch.Tensor, mem_v: torch.Tensor, table: torch.Tensor, rope) -> torch.Tensor:
+    def forward(self, h_s: Tensor, mem_k: Tensor, mem_v: Tensor, table: Tensor, rope: Tensor) -> Tensor:
+        """h_s float[Ts, D] scene rows; memory from ``memory``; table int64[B, 6] (CPU) → new h_s."""
         q = apply_rope(self.q_norm(self.q(self.norm(h_s)).unflatten(1, (self.heads, -1))), rope)
         o = self.attn(q, mem_k, mem_v, table)
         return h_s + torch.tanh(self.gate) * self.out(o.flatten(1))

@@ -14,8 +14,9 @@ added to the scene tokens' conditioning only; it never enters keys/values or the
 The anchor is computed once per *track*, so every frame of the track gets the identical anchor.
 
 Encoders: ``ProxyIdEncoder`` is a tiny frozen conv net for tests and CI (its weights live in the
-core checkpoint, so no file is needed); ``dlib`` (the pipeline's embedded default, 128-d) and
-``adaface`` (512-d, user-supplied weights) come from ``iconface_video.faces.embed``.
+core checkpoint, so no file is needed); ``dlib`` (the pipeline's embedded default, 128-d),
+``arcface`` and ``adaface`` (512-d, user-supplied weights) come from ``iconface_video.faces.embed``
+through ``load_id_encoder``, which re-aligns the core's crops to ArcFace-112 first.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ IdEncoderFn = Callable[[torch.Tensor], torch.Tensor]  # float[N, 3, S, S] in [0,
 
 
 class ProxyIdEncoder(nn.Module):
-    """Tiny frozen conv encoder (≈ 25 k params): float[N, 3, S, S] in [0, 1] → float[N, id_dim].
+    """Tiny frozen conv encoder (≈ 32 k params at id_dim 128): float[N, 3, S, S] in [0, 1] → float[N, id_dim].
 
     Random-initialised and never trained: its features only need to be a deterministic function
     of the pixels, so tests and CI can exercise the whole identity pathway without weights.

@@ -194,14 +194,18 @@ class IConFaceCore(nn.Module):
                 Mod(self.mod_single(c).view(2, 3, d), layout.cond_row))
 
     # ----------------------------------------------------------------------- structure pathway
-    def _cond_side(self, i: int, h_deg: torch.Tensor, cond: Conditions):
-        """Block i's structure residual and cross-attention memory from the degraded stream."""
+    def _cond_side(self, i: int, h_deg: torch.Tensor, cond: Conditions
+                   ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        """Block i's structure residual float[n_deg, D] and cross-attention memory (keys, values)
+        from the degraded stream after the block; None where the block has no such module."""
         key = str(i)
         struct = self.struct[key](h_deg) if key in self.struct else None
         mem = self.xattn[key].memory(cond.h_cond0[: h_deg.shape[0]], h_deg, cond.rope_scene) if key in self.xattn else None
         return struct, mem
 
-    def _scene_side(self, i: int, h_s: torch.Tensor, struct, mem, cond: Conditions, xtable: torch.Tensor) -> torch.Tensor:
+    def _scene_side(self, i: int, h_s: torch.Tensor, struct: torch.Tensor | None,
+                    mem: tuple[torch.Tensor, torch.Tensor] | None, cond: Conditions, xtable: torch.Tensor) -> torch.Tensor:
+        """Add block i's structure residual and degraded cross-attention to the scene rows."""
         if struct is not None:
             h_s = h_s + struct
         if mem is not None:

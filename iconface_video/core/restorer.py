@@ -99,20 +99,26 @@ class Restorer:
     @torch.no_grad()
     def restore(self, lq: torch.Tensor, track: torch.Tensor, refs: torch.Tensor | None = None,
                 ref_track: torch.Tensor | None = None, ref_weight: torch.Tensor | None = None,
-                ref_feat: torch.Tensor | None = None, seed: int = 0, steps: int = 4) -> RestoreOutput:
+                ref_feat: torch.Tensor | None = None, seed: int = 0, steps: int = 4,
+                ref_guidance: float = 1.0) -> RestoreOutput:
         """Restore aligned crops. lq float32[B, 3, R, R] in [0, 1]; track int64[B]; refs
         float32[N, 3, S, S] in [0, 1] (any square S, resized as needed); ref_track int64[N];
         ref_weight float32[N] reliability in [0, 1] (default 1; 0 = invalid); ref_feat
-        float32[N, id_dim] optional precomputed raw identity features."""
+        float32[N, id_dim] optional precomputed raw identity features; ref_guidance: reference
+        guidance weight (1 = off, 0 = ignore references, > 1 = stronger; ≠ 1 doubles the cost)."""
         b, r = lq.shape[0], self.crop_size
         if lq.dim() != 4 or lq.shape[1:] != (3, r, r):
             raise ValueError(f"lq must be float[B, 3, {r}, {r}] ({self.template}-aligned), got {tuple(lq.shape)}")
+        if not lq.is_floating_point() or not bool(torch.isfinite(lq).all()):
+            raise ValueError(f"lq must hold finite floats in [0, 1], got dtype {lq.dtype}")
         if track.shape != (b,):
             raise ValueError(f"track must be int64[{b}], got {tuple(track.shape)}")
         n = 0 if refs is None else refs.shape[0]
         if n and (ref_track is None or ref_track.shape != (n,) or refs.dim() != 4 or refs.shape[1] != 3
                   or refs.shape[2] != refs.shape[3]):
             raise ValueError("refs must be float[N, 3, S, S] with ref_track int64[N]")
+        if ref_weight is not None and ref_weight.shape != (n,):
+            raise ValueError(f"ref_weight must be float[{n}], got {tuple(ref_weight.shape)}")
         if ref_feat is not None and ref_feat.shape != (n, self.config.id_dim):
             raise ValueError(f"ref_feat must be float[{n}, {self.config.id_dim}], got {tuple(ref_feat.shape)}")
         if b == 0:
@@ -128,12 +134,15 @@ class Restorer:
                 lq.to(dev, torch.float32) * 2 - 1, track.to(dev), refs.to(dev, torch.float32) * 2 - 1,
                 ref_track.to(dev), token_mask=(weight > 0).to(dev), anchor_weight=weight.to(dev),
                 id_feat=None if feat is None else feat.to(dev))
+            uncond = None
+            if ref_guidance != 1.0 and bool((weight > 0).any()):
+                uncond = self.model.conditions(lq.to(dev, torch.float32) * 2 - 1, track.to(dev))
             noise = track_noise(track, seed, (3, r, r)).to(dev)
-            x0 = sample(self.model, cond, noise, steps=steps)
+            x0 = sample(self.model, cond, noise, steps=steps, uncond=uncond, guidance=ref_guidance)
         crops = ((x0.float() + 1) / 2).clamp(0, 1).cpu()
-        return RestoreOutput(crops=crops, diagnostics=self._diagnostics(cond, track, seed, steps))
+        return RestoreOutput(crops=crops, diagnostics=self._diagnostics(cond, track, seed, steps, ref_guidance))
 
-    def _diagnostics(self, cond, track: torch.Tensor, seed: int, steps: int) -> list[dict[str, Any]]:
+    def _diagnostics(self, cond, track: torch.Tensor, seed: int, steps: int, ref_guidance: float) -> list[dict[str, Any]]:
         lay, ident = cond.layout, cond.identity
         ct = lay.crop_track.cpu()
         tokens = lay.refs_per_track.cpu()[ct].tolist()
@@ -144,6 +153,6 @@ class Restorer:
         return [
             {"track": int(tid), "n_refs_used": int(tokens[i]), "n_refs_anchor": int(anchor[i]),
              "anchor_agreement": float(agree[i]), "anchor_norm": float(norm[i]), "anchor_z_norm": float(z[i]),
-             "steps": steps, "seed": seed}
+             "steps": steps, "seed": seed, "ref_guidance": ref_guidance}
             for i, tid in enumerate(track.tolist())
         ]

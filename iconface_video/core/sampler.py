@@ -4,6 +4,12 @@ Step from t to t' < t: x ← x̂0 + (t'/t)·(x − x̂0) (exact for the straight
 last step (t' = 0) returns x̂0. With the ``one_way`` topology the cond stream is encoded once and
 every step recomputes scene rows only; ``cached=False`` (or ``full``) runs the joint pass per step.
 
+Optional reference guidance (§5.10): x̂0 = x̂0_noref + w·(x̂0_ref − x̂0_noref), where the no-reference
+prediction comes from the same crops with the reference segment and anchor removed (the unified
+training makes that branch available for free). w = 1 is plain sampling, w = 0 ignores the
+references, w > 1 leans harder on them; it doubles the cost. Crops whose track has no reference
+are unaffected (both branches are identical for them).
+
 Noise is drawn once per *track* from a generator seeded by (seed, track id), so a crop's result
 does not depend on its batch-mates and every frame of a track starts from the same noise field
 (crops are aligned, so the same noise lands on the same facial region: temporally stable).
@@ -41,16 +47,32 @@ def track_noise(track: torch.Tensor, seed: int, shape: tuple[int, int, int]) -> 
     return torch.stack([per_track[t] for t in ids]) if ids else torch.zeros(0, *shape)
 
 
+def _predictor(model: IConFaceCore, cond: Conditions, cached: bool):
+    """x_t, t → x̂0 for one set of conditions, with the condition stream encoded once if possible."""
+    if cached and model.config.topology == "one_way":
+        cache = model.encode_conditions(cond)
+        return lambda x, t: model.scene_forward(x, t, cache)
+    return lambda x, t: model(x, t, cond)
+
+
 @torch.no_grad()
-def sample(model: IConFaceCore, cond: Conditions, noise: torch.Tensor, steps: int = 4, cached: bool = True) -> torch.Tensor:
-    """Euler-sample x̂0 float[B, 3, R, R] in [-1, 1] from noise float[B, 3, R, R]."""
+def sample(model: IConFaceCore, cond: Conditions, noise: torch.Tensor, steps: int = 4, cached: bool = True,
+           uncond: Conditions | None = None, guidance: float = 1.0) -> torch.Tensor:
+    """Euler-sample x̂0 float[B, 3, R, R] in [-1, 1] from noise float[B, 3, R, R].
+
+    ``uncond`` (the same crops without references) and ``guidance`` w enable reference guidance;
+    it is skipped when w = 1 or ``uncond`` is None.
+    """
     ts = time_schedule(steps, model.config.time_shift)
-    use_cache = cached and model.config.topology == "one_way"
-    cache = model.encode_conditions(cond) if use_cache else None
+    predict = _predictor(model, cond, cached)
+    predict_noref = _predictor(model, uncond, cached) if uncond is not None and guidance != 1.0 else None
     x = noise
     b = noise.shape[0]
     for t, t_next in zip(ts[:-1], ts[1:]):
         tt = torch.full((b,), t, device=noise.device, dtype=torch.float32)
-        x0 = model.scene_forward(x, tt, cache) if cache is not None else model(x, tt, cond)
+        x0 = predict(x, tt)
+        if predict_noref is not None:
+            x0_noref = predict_noref(x, tt)
+            x0 = x0_noref + guidance * (x0 - x0_noref)
         x = x0 if t_next == 0 else x0 + (t_next / t) * (x - x0)
     return x

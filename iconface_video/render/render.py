@@ -315,14 +315,26 @@ def default_output_for(input_path: Path, preview: bool) -> Path:
     return input_path.with_name(f"{input_path.stem}.{tag}{input_path.suffix or '.mp4'}")
 
 
-def _process_key(analysis_path: Path | None, analysis: Analysis, options: RenderOptions, restorer_id: str) -> str:
+def _process_key(analysis: Analysis, analysis_path: Path | None, options: RenderOptions, restorer) -> str:
+    """What decides the rendered pixels: the analysis (less its ``render`` section, which each
+    finished render rewrites), the options that change pixels, and the core's weights."""
     digest = hashlib.sha256()
     if analysis_path is not None and analysis_path.is_file():
-        digest.update(analysis_path.read_bytes())
+        data = json.loads(analysis_path.read_text(encoding="utf-8"))
+        data.pop("render", None)
+        digest.update(json.dumps(data, sort_keys=True).encode())
     else:
-        digest.update(repr([(t.id, len(t.obs), t.start, t.end) for t in analysis.tracks]).encode())
+        digest.update(repr([(t.id, t.identity, [o.kps5.tobytes() for o in t.obs]) for t in analysis.tracks]).encode())
+        digest.update(repr([(r.crop_path, r.reference.reliability) for r in analysis.references]).encode())
     digest.update(json.dumps(options.output_key(), sort_keys=True, default=str).encode())
-    digest.update(restorer_id.encode())
+    digest.update(_describe(restorer).encode())
+    model = getattr(restorer, "model", None)
+    if model is not None:
+        # Two sums per tensor fingerprint the weights in one pass on their device, so a
+        # retrained checkpoint under the same name never resumes the old one's segments.
+        with torch.no_grad():
+            sums = [torch.stack([p.float().sum(), p.float().abs().sum()]) for p in model.state_dict().values()]
+        digest.update(torch.cat(sums).cpu().numpy().tobytes())
     return "render-" + digest.hexdigest()[:16]
 
 
@@ -422,7 +434,7 @@ def render_video(
         return engine.process(frames)
 
     settings = JobSettings(encode=options.encode_settings(), overwrite=options.overwrite,
-                           process_key=_process_key(analysis_path, analysis, options, _describe(restorer)),
+                           process_key=_process_key(analysis, analysis_path, options, restorer),
                            boundaries=boundaries)
     job = _run_side_by_side_job if options.preview else run_job
     result = job(input_path, output_path, settings, process=process, progress=progress)
