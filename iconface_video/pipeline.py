@@ -26,7 +26,7 @@ from iconface_video.errors import OutputError
 from iconface_video.io.probe import probe
 from iconface_video.io.reader import read_frames
 from iconface_video.io.transcode import FrameProcess, contiguous_runs, encode_stream, finish, make_plan
-from iconface_video.io.writer import EncodeSettings, check_output_folder
+from iconface_video.io.writer import EncodeSettings, check_copyable, check_output_folder
 from iconface_video.progress import Progress
 from iconface_video.types import Frame
 
@@ -97,6 +97,7 @@ def run_job(
 
     info = probe(input_path)
     check_paths(input_path, output_path, settings.overwrite)
+    preflight_warnings = check_copyable(input_path, output_path, info)
     plan = make_plan(input_path, output_path, settings.encode, info, settings.boundaries, settings.process_key)
     timings["probe"] = time.perf_counter() - started
 
@@ -125,6 +126,7 @@ def run_job(
     mux_started = time.perf_counter()
     with _disk_full_is_user_error(output_path):
         warnings = finish(plan, overwrite=settings.overwrite, info=info)
+    warnings = list(dict.fromkeys([*preflight_warnings, *warnings]))
     for warning in warnings:
         progress.event("warning", stage="mux", message=warning)
     timings["mux"] = time.perf_counter() - mux_started

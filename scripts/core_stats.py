@@ -27,7 +27,7 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from iconface_video.core.batch import TrainBatch, sample_t
 from iconface_video.core.blocks import Attention, SegmentLoRALinear
@@ -141,7 +141,7 @@ def cpu_timings(name: str, train_batch: int = 16, infer_batch: int = 16, repeats
     lq, refs = torch.rand(infer_batch, 3, r, r), torch.rand(len(ref_t), 3, rr, rr)
     infer_wall, infer_cpu = _timed(lambda: restorer.restore(lq, track, refs, ref_t, steps=4), repeats)
     return {"preset": name, "threads": torch.get_num_threads(),
-            "train_step_b%d_s" % train_batch: round(train_wall, 3), "train_step_cpu_s": round(train_cpu, 3),
+            f"train_step_b{train_batch}_s": round(train_wall, 3), "train_step_cpu_s": round(train_cpu, 3),
             "infer4_per_crop_s": round(infer_wall / infer_batch, 4), "infer4_per_crop_cpu_s": round(infer_cpu / infer_batch, 4)}
 
 

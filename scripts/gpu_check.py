@@ -22,7 +22,8 @@ import argparse
 import json
 import time
 import traceback
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -51,7 +52,7 @@ def _section(report: dict[str, Any], name: str, fn: Callable[[], Any]) -> None:
     started = time.perf_counter()
     try:
         report[name] = fn()
-    except Exception as err:  # keep the other numbers when one section fails
+    except Exception as err:  # noqa: BLE001 - keep the other numbers when one section fails
         report[name] = {"error": f"{type(err).__name__}: {err}", "trace": traceback.format_exc(limit=3)}
     report.setdefault("seconds", {})[name] = round(time.perf_counter() - started, 1)
 
@@ -151,7 +152,11 @@ def main() -> None:
         train_batch, train_steps, infer_batch, frames, repeats = 64, 10, 256, 8, 3
         report["device"] = torch.cuda.get_device_name()
         report["torch"] = torch.__version__
-        from iconface_video.kernels.bench import S256, compare_with_twins, time_attention
+        from iconface_video.kernels.bench import (
+            S256,
+            compare_with_twins,
+            time_attention,
+        )
 
         _section(report, "kernels_bf16_vs_twin", lambda: compare_with_twins(16, S256, torch.bfloat16, "cuda"))
         _section(report, "kernels_fp32_vs_twin", lambda: compare_with_twins(4, S256, torch.float32, "cuda"))

@@ -7,8 +7,8 @@ import torch
 from iconface_video.core.config import CoreConfig
 from iconface_video.core.model import IConFaceCore
 
-SMALL = dict(crop_size=32, ref_size=16, patch=8, dim=64, heads=2, n_dual=1, n_single=2,
-             lora_r=4, struct_r=8, id_encoder="proxy", id_dim=32)
+SMALL = {"crop_size": 32, "ref_size": 16, "patch": 8, "dim": 64, "heads": 2, "n_dual": 1, "n_single": 2,
+         "lora_r": 4, "struct_r": 8, "id_encoder": "proxy", "id_dim": 32}
 
 
 def small_config(**changes) -> CoreConfig:

@@ -228,3 +228,25 @@ def test_a_file_locked_by_another_live_run_is_skipped(clips, tmp_path):
     assert f"locked by pid {os.getpid()}" in skipped[0]["reason"] and "other-run" in skipped[0]["reason"]
     assert not (out / good[0].name).exists() and (out / good[1].name).is_file()
     assert read_manifest(manifest_path(out))[good[0].name].state == "pending"
+
+
+def test_devices_give_one_named_worker_per_gpu(clips, tmp_path):
+    """--devices on this GPU-less machine: the worker still runs (on the CPU) under its GPU's name."""
+    clip = clips[1][0]
+    result = CliRunner().invoke(cli, ["batch", str(clip), "-o", str(tmp_path), "--devices", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    starts = [e for e in _events(result.stdout) if e["event"] == "file_start"]
+    assert [e["worker"] for e in starts] == ["cuda:0"]
+    assert read_manifest(manifest_path(tmp_path))[clip.name].worker.startswith("cuda:0 on ")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ray", "auto", "--workers", "2"], "leave out --workers and --devices"),
+    (["--workers", "2", "--devices", "0"], "either --workers"),
+    (["--devices", "0,x"], "GPU numbers"),
+])
+def test_conflicting_options_are_one_line_errors(clips, tmp_path, args, message):
+    result = CliRunner().invoke(cli, ["batch", str(clips[1][0]), "-o", str(tmp_path), *args])
+    assert result.exit_code != 0
+    assert message in (str(result.exception) if result.exception else "") + result.output
+    assert not (tmp_path / "iconface-batch.json").exists()

@@ -6,10 +6,14 @@ import json
 
 import pytest
 import torch
-
 from core_cases import mixed_inputs, random_model, small_config
+
 from iconface_video.core import restorer as restorer_module
-from iconface_video.core.checkpoint import load_checkpoint, save_checkpoint, sidecar_path
+from iconface_video.core.checkpoint import (
+    load_checkpoint,
+    save_checkpoint,
+    sidecar_path,
+)
 from iconface_video.core.restorer import Restorer
 from iconface_video.errors import BadWeightsError, MissingModelError
 

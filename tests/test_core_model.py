@@ -3,10 +3,12 @@ batch independence, invalid ≡ absent references, order invariance, cache equiv
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
-
 from core_cases import mixed_inputs, random_model, small_config
+
 from iconface_video.core.batch import TrainBatch
 from iconface_video.core.config import TEMPLATES, CoreConfig, load_config
 from iconface_video.core.packing import build_layout
@@ -167,11 +169,11 @@ def test_track_noise_is_shared_per_track_and_seeded():
     assert torch.equal(n[2], track_noise(torch.tensor([9]), 7, (3, 8, 8))[0])
     assert not torch.equal(n, track_noise(track, 8, (3, 8, 8)))
     ts = time_schedule(4)
-    assert ts[0] == 1.0 and ts[-1] == 0.0 and all(a > b for a, b in zip(ts, ts[1:]))
+    assert ts[0] == 1.0 and ts[-1] == 0.0 and all(a > b for a, b in itertools.pairwise(ts))
 
 
-@pytest.mark.parametrize("changes", [dict(), dict(xattn_routes="A", struct_r=0, lora_r=0, hybrid_concat=False),
-                                     dict(xattn_routes="B", xattn_every=2), dict(xattn_every=0, id_gamma=0.0)])
+@pytest.mark.parametrize("changes", [{}, {"xattn_routes": "A", "struct_r": 0, "lora_r": 0, "hybrid_concat": False},
+                                     {"xattn_routes": "B", "xattn_every": 2}, {"xattn_every": 0, "id_gamma": 0.0}])
 def test_every_trainable_parameter_gets_a_gradient(changes):
     model = random_model(small_config(**changes)).train()
     lq, track, refs, ref_track = mixed_inputs(model.config)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from core_cases import small_config
+
 from iconface_video.core.batch import TrainBatch, sample_t
 from iconface_video.core.config import load_config
 from iconface_video.core.losses import compute_losses, noisy_input, velocity_loss

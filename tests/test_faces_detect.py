@@ -61,7 +61,7 @@ def test_group_photos_recall_and_false_positives(detector, media_dir, artifacts_
         total, hits, false = total + entry["faces"], hits + tp, false + fp
         for face in faces:
             assert face.kps5.shape == (5, 2) and face.kps5.dtype == np.float32
-            x0, y0, x1, y1 = face.box
+            x0, _, x1, _ = face.box
             # The 5 points lie in the box, eyes above the mouth, left eye left of the right eye.
             assert (face.kps5[:, 0] > x0 - 0.1 * (x1 - x0)).all() and (face.kps5[:, 0] < x1 + 0.1 * (x1 - x0)).all()
             assert face.kps5[0, 0] < face.kps5[1, 0] and face.kps5[3, 0] < face.kps5[4, 0]
@@ -137,7 +137,7 @@ def test_rotated_frame_gives_stored_coordinates(detector, media_dir):
         assert np.allclose(np.array(got), np.array(expected), atol=1.0)
         assert all(f.frame_index == 7 for f in found)
         for f in found:
-            x0, y0, x1, y1 = f.box
+            x0, _, x1, _ = f.box
             assert (f.kps5[:, 0] >= x0 - 5).all() and (f.kps5[:, 0] <= x1 + 5).all()
 
 

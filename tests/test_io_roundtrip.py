@@ -111,14 +111,22 @@ def test_ten_bit_stays_ten_bit(tmp_path):
 
 
 def test_other_codecs(tmp_path):
-    source = make_clip(tmp_path / "c.mkv", ClipSpec(frames=10, audio=True))
-    for codec, suffix, name in (("libx265", ".mp4", "hevc"), ("libvpx-vp9", ".webm", "vp9"), ("libsvtav1", ".mkv", "av1")):
+    with_audio = make_clip(tmp_path / "c.mkv", ClipSpec(frames=10, audio=True))
+    silent = make_clip(tmp_path / "s.mkv", ClipSpec(frames=10))
+    for source, codec, suffix, names in (
+        (with_audio, "libx265", ".mp4", ("hevc",)),
+        (silent, "libvpx-vp9", ".webm", ("vp9", "libvpx-vp9")),
+        (with_audio, "libsvtav1", ".mkv", ("av1", "libdav1d")),
+    ):
         out = tmp_path / f"o{suffix}"
-        run_job(source, out, JobSettings(encode=EncodeSettings(codec=codec, segment_frames=4)))
-        assert probe(out).video.codec in (name, "libdav1d", "libvpx-vp9")
+        result = run_job(source, out, JobSettings(encode=EncodeSettings(codec=codec, segment_frames=4)))
+        assert probe(out).video.codec in names and not result.warnings
         assert frame_times(out) == frame_times(source)
+        # payload and start time of every audio packet; durations are container bookkeeping
+        # (Matroska rounds them to 1 ms, MP4 derives them from the next packet)
+        assert [p[:2] for p in stream_packets(out, "audio")] == [p[:2] for p in stream_packets(source, "audio")]
     with pytest.raises(OutputError, match="WebM holds only"):
-        run_job(source, tmp_path / "x.webm", fast(codec="libx264"))
+        run_job(silent, tmp_path / "x.webm", fast(codec="libx264"))
 
 
 def test_pictures_survive_the_round_trip(tmp_path):
@@ -208,7 +216,8 @@ run_job(sys.argv[1], sys.argv[2], JobSettings(encode=EncodeSettings(preset="ultr
 
 
 def test_killed_run_resumes_to_identical_bytes(tmp_path):
-    source = make_clip(tmp_path / "c.mp4", ClipSpec(frames=48, audio=True))
+    # 96 frames at >= 30 ms each: the kill (after ~20-35 frames) lands well before the end
+    source = make_clip(tmp_path / "c.mp4", ClipSpec(frames=96, audio=True))
     reference, out = tmp_path / "reference.mp4", tmp_path / "out.mp4"
     subprocess.run([sys.executable, "-c", SLOW_JOB, source, reference], check=True, capture_output=True)
 
@@ -232,11 +241,42 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path):
     assert not work[0].exists()
 
 
-def test_bad_settings_are_user_errors():
+def test_output_that_cannot_hold_the_audio_is_refused_before_encoding(tmp_path):
+    source = make_clip(tmp_path / "c.mp4", ClipSpec(frames=4, audio=True, subtitles=True))
+    with pytest.raises(OutputError, match="cannot hold the input's aac audio"):
+        run_job(source, tmp_path / "o.webm", fast(codec="libvpx-vp9"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4"]
+
+
+def test_data_stream_the_container_cannot_hold_is_a_warning(tmp_path):
+    source = make_clip(tmp_path / "c.ts", ClipSpec(frames=6, audio=True, data=True))
+    result = run_job(source, tmp_path / "o.mkv", fast())
+    assert len(result.warnings) == 1 and "data" in result.warnings[0] and "left out" in result.warnings[0]
+    # Matroska stores AAC without the ADTS headers MPEG-TS carries (its muxer strips them);
+    # the audio payload itself is copied unchanged.
+    kept = stream_packets(result.output_path, "audio")
+    assert [p for p, _, _ in kept] == [adts_payload(p) for p, _, _ in stream_packets(source, "audio")]
+    # Matroska's clock ticks in milliseconds
+    assert [round(t, 3) for _, t, _ in kept] == [round(t, 3) for _, t, _ in stream_packets(source, "audio")]
+
+
+def adts_payload(packet: bytes) -> bytes:
+    """An AAC frame without its ADTS header (7 bytes, or 9 with a CRC)."""
+    assert packet[0] == 0xFF and packet[1] & 0xF0 == 0xF0
+    return packet[7 if packet[1] & 1 else 9:]
+
+
+def test_bad_settings_are_user_errors(tmp_path):
     with pytest.raises(UserError):
         EncodeSettings(codec="mpeg2video")
     with pytest.raises(UserError):
         EncodeSettings(crf=99)
+    source = make_clip(tmp_path / "c.mp4", ClipSpec(frames=2))
+    with pytest.raises(UserError, match="no preset 'fastest'"):
+        run_job(source, tmp_path / "o.mp4", JobSettings(encode=EncodeSettings(preset="fastest")))
+    with pytest.raises(UserError, match="cannot encode pixel format"):
+        run_job(source, tmp_path / "o.mp4", JobSettings(encode=EncodeSettings(pix_fmt="rgb48le")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4"]
 
 
 @pytest.mark.media

@@ -34,7 +34,7 @@ CHILD = textwrap.dedent("""
     core = tiny_restorer()
 
     class Slow:  # the same core, slowed so the kill lands mid-render
-        crop_size, template, ref_size, config = core.crop_size, core.template, core.ref_size, core.config
+        crop_size, template, ref_size, config, model = core.crop_size, core.template, core.ref_size, core.config, core.model
 
         def restore(self, *args, **kwargs):
             time.sleep(0.25)

@@ -32,11 +32,14 @@ import numpy as np
 
 from iconface_video import __version__
 from iconface_video.analysis.harvest import (
+    ALIGNED_SIZE,
     CandidatePools,
     HarvestSettings,
     agreement_term,
+    aligned_crops,
     load_verifier,
     loose_crop,
+    native_quality,
     observation_terms,
     reliability,
     score_against_centroid,
@@ -240,19 +243,16 @@ class AnalysisStream:
         self.batch.clear()
 
     def _prepare(self, frame: Frame, shot: int, shot_start: int, obs: list[FaceObs]) -> tuple[list[FaceObs], np.ndarray]:
-        """Embed the detections that need it; ArcFace-aligned 112 crops ``uint8[N, 112, 112, 3]`` of all.
+        """Embed the detections that need it; aligned crops of all (``harvest.aligned_crops``).
 
         The embedder is the slow part, so it runs on every detection only on scheduled frames
         (``embed_every_s`` apart); in between, only on faces the tracker cannot place by overlap
         alone (new, or overlapping two tracks).
         """
-        from iconface_video.faces.align import template
-        from iconface_video.faces.embed import warp_to_template
-
         if not obs:
-            return [], np.zeros((0, 112, 112, 3), np.uint8)
+            return [], np.zeros((0, ALIGNED_SIZE, ALIGNED_SIZE, 3), np.uint8)
         kps = np.stack([np.asarray(o.kps5, np.float32) for o in obs])
-        crops = warp_to_template(frame.image, kps, template("arcface", 112), 112)
+        crops = aligned_crops(frame.image, kps)
         k = self.settings.detect_every
         stride = max(1, int(round(self.settings.embed_every_s * self.fps / k)))
         if ((frame.index - shot_start) // k) % stride == 0:
@@ -346,7 +346,7 @@ class PhotoFace:
     path: Path
     obs: FaceObs  # with its embedding
     image: np.ndarray  # uint8[H, W, 3]
-    aligned: np.ndarray  # uint8[112, 112, 3]
+    aligned: np.ndarray  # uint8[S, S, 3], see harvest.aligned_crops
 
 
 def photo_faces(refs: tuple[tuple[str, Path], ...], detector, embedder) -> list[PhotoFace]:
@@ -364,9 +364,7 @@ def photo_faces(refs: tuple[tuple[str, Path], ...], detector, embedder) -> list[
             main = max(found, key=lambda o: (o.box[2] - o.box[0]) * (o.box[3] - o.box[1]))
             kps = np.asarray(main.kps5, np.float32)[None]
             embedding = embedder.embed(image, kps)[0]
-            from iconface_video.faces.align import align_crops
-
-            aligned = align_crops(image, kps, "arcface", 112)[0][0]
+            aligned = aligned_crops(image, kps)[0]
             faces.append(PhotoFace(name, path, dataclasses.replace(main, embedding=embedding, frame_index=-1), image, aligned))
     named = {n for n, _ in refs}
     missing = named - {f.name for f in faces}
@@ -562,7 +560,7 @@ def _photo_references(identity, photos: list[PhotoFace], harvest: HarvestSetting
     """User photos of ``identity`` as references, most reliable first (their crops written to ``staging``)."""
     out = []
     for number, photo in enumerate(photos):
-        terms = observation_terms(photo.aligned, photo.obs, harvest)
+        terms = observation_terms(photo.aligned, photo.obs, harvest, native=native_quality(photo.image, photo.obs.box))
         unit = photo.obs.embedding / max(float(np.linalg.norm(photo.obs.embedding)), 1e-12)
         similarity = 1.0 if identity.centroid is None else float(identity.centroid @ unit)
         terms["centroid_agreement"] = agreement_term(similarity, harvest)

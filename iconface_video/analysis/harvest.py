@@ -2,8 +2,8 @@
 
 Every detected face gets named reliability terms in [0, 1] (``ReliabilityTerms``):
 
-- ``sharpness``: band-pass detail of the ArcFace-aligned 112 crop (variance of the Laplacian of a
-  lightly smoothed copy), discounted by the crop's estimated pixel noise, so grain is not detail;
+- ``sharpness``: detail of the ArcFace-aligned 224 crop (variance of the Laplacian less white
+  noise's share, from an estimate of the crop's noise), so grain is not detail;
 - ``size``: inter-ocular distance on a log scale (12 px -> 0, 96 px -> 1);
 - ``frontality``: yaw and pitch read from the 5 landmarks (nose against the eye/mouth frame);
 - ``detector``: the detector's confidence;
@@ -32,7 +32,7 @@ import numpy as np
 
 from iconface_video.types import FaceObs, ReliabilityTerms
 
-ALIGNED_SIZE = 112  # sharpness and exposure are measured on ArcFace-aligned crops of this size
+ALIGNED_SIZE = 224  # sharpness and exposure are measured on ArcFace-aligned crops of this size
 TERM_NAMES = ("sharpness", "size", "frontality", "detector", "exposure", "identity_norm", "centroid_agreement")
 
 
@@ -58,6 +58,14 @@ class HarvestSettings:
 
 # --- the terms ---------------------------------------------------------------------------------
 
+def aligned_crops(image: np.ndarray, kps5: np.ndarray) -> np.ndarray:
+    """ArcFace-aligned crops ``uint8[N, ALIGNED_SIZE, ALIGNED_SIZE, 3]`` of ``kps5`` float32[N, 5, 2] faces in one image."""
+    from iconface_video.faces.align import template
+    from iconface_video.faces.embed import warp_to_template
+
+    return warp_to_template(image, np.asarray(kps5, np.float32).reshape(-1, 5, 2), template("arcface", ALIGNED_SIZE), ALIGNED_SIZE)
+
+
 def noise_sigma(grey: np.ndarray) -> float:
     """Gaussian noise std of ``float32[H, W]`` by Immerkaer's fast estimator (a 3x3 Laplacian-difference mask)."""
     mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
@@ -65,18 +73,61 @@ def noise_sigma(grey: np.ndarray) -> float:
     return float(math.sqrt(math.pi / 2) * np.abs(response).mean() / 6.0)
 
 
-def sharpness_term(aligned: np.ndarray, scale: float) -> float:
-    """Detail of ``uint8[S, S, 3]`` aligned crop: Laplacian variance of a smoothed copy, minus noise's share."""
+def blockiness(grey: np.ndarray) -> float:
+    """How much stronger steps are across an 8-pixel grid than inside it (``float32[H, W]``, native pixels).
+
+    About 1 for a clean picture; block codecs starved of bits (JPEG, MPEG at low rates) raise it,
+    because their 8x8 blocks no longer join up. The grid phase is the one with the strongest steps.
+    """
+    steps_x = np.abs(np.diff(grey, axis=1)).mean(axis=0)
+    steps_y = np.abs(np.diff(grey, axis=0)).mean(axis=1)
+    ratios = []
+    for steps in (steps_x, steps_y):
+        usable = len(steps) // 8 * 8
+        if usable < 16:
+            return 1.0
+        phases = steps[:usable].reshape(-1, 8).mean(axis=0)
+        ratios.append(float(phases.max() / max(float(np.median(phases)), 1e-3)))
+    return float(np.mean(ratios))
+
+
+@dataclass(frozen=True)
+class NativeQuality:
+    """Noise and blockiness of the face measured in the frame's own pixels (before any resampling)."""
+
+    noise: float  # estimated white-noise std (0..255)
+    blockiness: float  # 1 = clean, larger = visible codec blocks
+
+
+def native_quality(image: np.ndarray, box: tuple[float, float, float, float]) -> NativeQuality:
+    """``NativeQuality`` of the face ``box`` in ``uint8[H, W, 3]`` (measured on its inner half, the skin and features)."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    left, top = int(max(0, x0 + 0.2 * w)), int(max(0, y0 + 0.2 * h))
+    right, bottom = int(min(image.shape[1], x1 - 0.2 * w)), int(min(image.shape[0], y1 - 0.2 * h))
+    if right - left < 8 or bottom - top < 8:
+        return NativeQuality(0.0, 1.0)
+    grey = cv2.cvtColor(np.ascontiguousarray(image[top:bottom, left:right]), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    # Blockiness needs the codec's grid, which is anchored at the frame's origin: measure from a multiple of 8.
+    grid = grey[(8 - top % 8) % 8:, (8 - left % 8) % 8:]
+    return NativeQuality(noise_sigma(grey), blockiness(grid))
+
+
+def sharpness_term(aligned: np.ndarray, scale: float, native: NativeQuality | None = None) -> float:
+    """Detail in ``uint8[S, S, 3]`` aligned crop, discounted for noise and codec blocks.
+
+    Detail is the Laplacian variance inside the face. Grain and block edges also have high
+    Laplacian energy but are not detail a restorer can use, so the score is divided down by the
+    face's native noise (beyond a film-grain floor of 4) and blockiness (beyond 1.15).
+    """
     grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    # Measure inside the face (the aligned crop's corners are background or padding).
-    inner = grey[ALIGNED_SIZE // 8: -ALIGNED_SIZE // 8, ALIGNED_SIZE // 8: -ALIGNED_SIZE // 8]
-    smooth = cv2.GaussianBlur(inner, (0, 0), 1.0)
-    detail = float(cv2.Laplacian(smooth, cv2.CV_32F, ksize=3).var())
-    sigma = noise_sigma(inner)
-    # White noise of std s leaves about (0.2 s)^2 of Laplacian variance after a sigma-1 blur;
-    # subtract it, and discount heavily noisy crops on top (noise hides detail the restorer needs).
-    detail = max(detail - (0.2 * sigma) ** 2, 0.0)
-    return float(detail / (detail + scale) / (1.0 + (sigma / 12.0) ** 2))
+    margin = grey.shape[0] // 8  # measure inside the face: the corners are background or padding
+    inner = grey[margin:-margin, margin:-margin]
+    detail = float(cv2.Laplacian(inner, cv2.CV_32F, ksize=1).var())
+    native = native or NativeQuality(noise_sigma(inner), 1.0)
+    noise_discount = 1.0 / (1.0 + (max(native.noise - 4.0, 0.0) / 6.0) ** 2)
+    block_discount = 1.0 / (1.0 + (max(native.blockiness - 1.15, 0.0) / 0.25) ** 2)
+    return float(detail / (detail + scale) * noise_discount * block_discount)
 
 
 def size_term(obs: FaceObs) -> float:
@@ -111,7 +162,8 @@ def frontality_term(kps5: np.ndarray) -> float:
 def exposure_term(aligned: np.ndarray) -> float:
     """Mid-tone mean and few clipped pixels in the face (``uint8[S, S, 3]`` aligned crop)."""
     grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY)
-    inner = grey[ALIGNED_SIZE // 8: -ALIGNED_SIZE // 8, ALIGNED_SIZE // 8: -ALIGNED_SIZE // 8].astype(np.float32)
+    margin = grey.shape[0] // 8
+    inner = grey[margin:-margin, margin:-margin].astype(np.float32)
     mean = float(inner.mean()) / 255.0
     clipped = float(((inner <= 3) | (inner >= 252)).mean())
     level = 1.0 - (max(abs(mean - 0.45) - 0.15, 0.0) / 0.3) ** 2
@@ -140,10 +192,11 @@ def total_score(terms: dict[str, float], settings: HarvestSettings, uses_norm: b
 
 
 def observation_terms(aligned: np.ndarray, obs: FaceObs, settings: HarvestSettings,
-                      identity_norm: float | None = None) -> dict[str, float]:
-    """Every term but ``centroid_agreement`` for one detection and its ``uint8[112, 112, 3]`` aligned crop."""
+                      identity_norm: float | None = None, native: NativeQuality | None = None) -> dict[str, float]:
+    """Every term but ``centroid_agreement`` for one detection, its ``uint8[S, S, 3]`` aligned crop
+    and its ``native_quality`` in the frame."""
     return {
-        "sharpness": sharpness_term(aligned, settings.sharpness_scale),
+        "sharpness": sharpness_term(aligned, settings.sharpness_scale, native),
         "size": size_term(obs),
         "frontality": frontality_term(obs.kps5),
         "detector": float(np.clip(obs.score, 0.0, 1.0)),
@@ -237,11 +290,11 @@ class CandidatePools:
 
     def offer(self, track: int, obs: FaceObs, image: np.ndarray, aligned: np.ndarray,
               identity_norm: float | None = None) -> float:
-        """Score one detection of ``track`` (``image`` its frame, ``aligned`` its 112 crop); keep it if among the best.
+        """Score one detection of ``track`` (``image`` its frame, ``aligned`` its ``aligned_crops`` crop); keep it if among the best.
 
         Returns its reliability without centroid agreement. Only embedded detections can be kept.
         """
-        terms = observation_terms(aligned, obs, self.settings, identity_norm)
+        terms = observation_terms(aligned, obs, self.settings, identity_norm, native_quality(image, obs.box))
         partial = total_score(terms, self.settings, self.uses_norm)
         if obs.embedding is not None:
             unit = np.asarray(obs.embedding, np.float32)

@@ -26,7 +26,6 @@ import json
 import multiprocessing
 import multiprocessing.connection
 import os
-import queue as queue_module
 import signal
 import socket
 import threading
@@ -286,21 +285,21 @@ def worker_specs(workers: int | None, devices: Sequence[str] | None) -> list[Wor
     return [WorkerSpec(f"cpu:{i}", dict(env)) for i in range(workers)]
 
 
-class _QueueWriter(io.TextIOBase):
+class _PipeWriter(io.TextIOBase):
     """A text stream for ``Progress(json_out=...)`` that forwards each JSON line to the driver."""
 
-    def __init__(self, results: Any, item: WorkItem, worker: str) -> None:
-        self._results, self._item, self._worker = results, item, worker
+    def __init__(self, conn: Any, item: WorkItem, worker: str) -> None:
+        self._conn, self._item, self._worker = conn, item, worker
 
     def write(self, text: str) -> int:
         for line in text.splitlines():
             if line.strip():
-                self._results.put(("event", self._item, self._worker, json.loads(line)))
+                self._conn.send(("event", self._item, self._worker, json.loads(line)))
         return len(text)
 
 
-def _worker_main(spec: WorkerSpec, settings: Any, tasks: Any, results: Any) -> None:
-    """A local worker process: run items from ``tasks`` until ``None``; report on ``results``."""
+def _worker_main(spec: WorkerSpec, settings: Any, conn: Any) -> None:
+    """A local worker process: run the items received on ``conn`` until ``None``; report on it."""
     # Before anything imports torch: CUDA then sees only this worker's device, and torch's
     # thread pool takes its size from OMP_NUM_THREADS.
     os.environ.update(spec.env)
@@ -310,10 +309,21 @@ def _worker_main(spec: WorkerSpec, settings: Any, tasks: Any, results: Any) -> N
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from iconface_video.progress import Progress
 
-    while (item := tasks.get()) is not None:
-        results.put(("start", item, spec.name))
-        progress = Progress(json_lines=True, json_out=_QueueWriter(results, item, spec.name))
-        results.put(("end", execute(item, settings, progress, spec.name)))
+    while (item := conn.recv()) is not None:
+        conn.send(("start", item, spec.name))
+        progress = Progress(json_lines=True, json_out=_PipeWriter(conn, item, spec.name))
+        conn.send(("end", execute(item, settings, progress, spec.name)))
+
+
+def _drain(conn: Any) -> list[tuple]:
+    """Whatever complete messages are left in a dead worker's pipe."""
+    messages = []
+    try:
+        while conn.poll():
+            messages.append(conn.recv())
+    except (EOFError, OSError):
+        pass
+    return messages
 
 
 def _exit_with_parent() -> None:
@@ -332,15 +342,16 @@ def _exit_with_parent() -> None:
 class LocalBackend:
     """Spawned worker processes on this machine, one per :class:`WorkerSpec`.
 
-    Each worker has its own task queue, so the driver always knows which item a worker holds: a
-    worker that dies (segfault, out of memory) fails exactly that item and is replaced.
+    Each worker talks to the driver over its own pipe (one writer, one reader, no shared lock),
+    so the driver always knows which item a worker holds, and a worker killed mid-message (out
+    of memory, ``kill -9``) breaks only its own pipe: exactly its item fails, and a new worker
+    takes its place.
     """
 
     def __init__(self, specs: Sequence[WorkerSpec], settings: Any, max_restarts: int = 8) -> None:
         self._ctx = multiprocessing.get_context("spawn")  # fork + CUDA/threads is unsafe
         self._settings = settings
-        self._results = self._ctx.Queue()
-        self._workers: dict[str, tuple[Any, Any]] = {}  # name -> (process, task queue)
+        self._workers: dict[str, tuple[Any, Any]] = {}  # name -> (process, connection)
         self._busy: dict[str, WorkItem] = {}
         self._specs = {spec.name: spec for spec in specs}
         self._restarts_left = max_restarts
@@ -349,11 +360,12 @@ class LocalBackend:
             self._start(spec)
 
     def _start(self, spec: WorkerSpec) -> None:
-        tasks = self._ctx.Queue()
-        process = self._ctx.Process(target=_worker_main, args=(spec, self._settings, tasks, self._results),
+        ours, theirs = self._ctx.Pipe()
+        process = self._ctx.Process(target=_worker_main, args=(spec, self._settings, theirs),
                                     name=f"iconface-batch-{spec.name}", daemon=True)
         process.start()
-        self._workers[spec.name] = (process, tasks)
+        theirs.close()  # so that the worker's death reads as end-of-file here
+        self._workers[spec.name] = (process, ours)
 
     def pids(self) -> dict[str, int]:
         """Each live worker's process id, by worker name."""
@@ -362,30 +374,38 @@ class LocalBackend:
     def submit(self, item: WorkItem) -> None:
         name = next(n for n in self._workers if n not in self._busy)
         self._busy[name] = item
-        self._workers[name][1].put(item)
+        try:
+            self._workers[name][1].send(item)
+        except OSError:
+            pass  # it just died: the next poll finds it gone and fails the item
 
     def poll(self, timeout: float) -> list[tuple]:
-        messages = []
-        try:
-            messages.append(self._results.get(timeout=timeout))
-            while True:
-                messages.append(self._results.get_nowait())
-        except queue_module.Empty:
-            pass
+        by_conn = {conn: name for name, (_, conn) in self._workers.items()}
+        messages: list[tuple] = []
+        dead: set[str] = set()
+        for conn in multiprocessing.connection.wait(list(by_conn), timeout):
+            try:
+                while conn.poll():
+                    messages.append(conn.recv())
+            except (EOFError, OSError):  # end of file: the worker is gone
+                dead.add(by_conn[conn])
+        dead |= {name for name, (process, _) in self._workers.items() if not process.is_alive()}
+        for name in dead:  # what a worker said just before it died still counts
+            messages.extend(_drain(self._workers[name][1]))
         for message in messages:
             if message[0] == "end":
                 self._busy.pop(message[1].worker, None)
-        if not messages:  # only when the pipe is drained can a dead worker's last words be missing
-            messages.extend(self._reap())
+        if dead:
+            messages.extend(self._replace(dead))
         return messages
 
-    def _reap(self) -> list[tuple]:
+    def _replace(self, names: set[str]) -> list[tuple]:
         lost = []
-        for name, (process, _) in list(self._workers.items()):
-            if process.is_alive():
-                continue
+        for name in names:
+            process, conn = self._workers.pop(name)
+            process.join(timeout=5)
+            conn.close()
             item = self._busy.pop(name, None)
-            del self._workers[name]
             if item is not None:
                 reason = f"worker {name} died (exit code {process.exitcode}) while processing it"
                 lost.append(("end", ItemResult(item, False, reason, worker=name)))
@@ -399,14 +419,18 @@ class LocalBackend:
 
     def close(self, abort: bool = False) -> None:
         """Let idle workers exit; with ``abort``, stop busy ones too (finished segments are kept)."""
-        for name, (process, tasks) in self._workers.items():
+        for name, (process, conn) in self._workers.items():
             if abort and name in self._busy:
                 process.terminate()
-            tasks.put(None)
-        for process, _ in self._workers.values():
+            try:
+                conn.send(None)
+            except OSError:
+                pass  # already gone
+        for process, conn in self._workers.values():
             process.join(timeout=30)
             if process.is_alive():
                 process.terminate()
+            conn.close()
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from iconface_video.kernels.adaln_modulate import adaln_modulate
 from iconface_video.kernels.gate_residual import gate_residual, gate_residual_adaln

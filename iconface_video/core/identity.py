@@ -21,12 +21,12 @@ through ``load_id_encoder``, which re-aligns the core's crops to ArcFace-112 fir
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 IdEncoderFn = Callable[[torch.Tensor], torch.Tensor]  # float[N, 3, S, S] in [0, 1] → float[N, id_dim]
 
@@ -136,7 +136,9 @@ def load_id_encoder(name: str, template_name: str) -> IdEncoderFn:
     unnormalised float32[N, id_dim] features (``faces.embed``'s ``embed_aligned112``). ``proxy``
     lives inside the model instead.
     """
-    from iconface_video.faces.embed import load_embedder  # lazy: pulls in dlib / onnxruntime
+    from iconface_video.faces.embed import (
+        load_embedder,  # lazy: pulls in dlib / onnxruntime
+    )
 
     embedder = load_embedder(name)
 

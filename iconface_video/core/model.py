@@ -21,18 +21,24 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from iconface_video.kernels.adaln_modulate import adaln_modulate
 
 from .batch import TrainBatch
-from .blocks import DegradedCrossAttention, DualBlock, Mod, SingleBlock, StructResidual, rope_angles
+from .blocks import (
+    DegradedCrossAttention,
+    DualBlock,
+    Mod,
+    SingleBlock,
+    StructResidual,
+    rope_angles,
+)
 from .config import CoreConfig
 from .identity import IdentityAnchor, ProxyIdEncoder, WeightedIdentity
 from .packing import Layout, build_layout
 from .tokenizer import patchify, resize_square, unpatchify
-
 
 
 @dataclass(frozen=True, eq=False)

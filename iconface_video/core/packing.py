@@ -125,7 +125,6 @@ def build_layout(
         raise ValueError(f"unknown topology {topology!r}")
     n_slots = int(ref_source.shape[0])
     n_scene, n_deg = n_crops * ns, n_crops * ns
-    n_cond = n_deg + n_slots * nr
 
     # Flat layout -> rows of cat([scene (Ts), cond (Tc)]).
     perm_parts: list[torch.Tensor] = []

@@ -17,6 +17,8 @@ does not depend on its batch-mates and every frame of a track starts from the sa
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from .model import Conditions, IConFaceCore
@@ -68,7 +70,7 @@ def sample(model: IConFaceCore, cond: Conditions, noise: torch.Tensor, steps: in
     predict_noref = _predictor(model, uncond, cached) if uncond is not None and guidance != 1.0 else None
     x = noise
     b = noise.shape[0]
-    for t, t_next in zip(ts[:-1], ts[1:]):
+    for t, t_next in itertools.pairwise(ts):
         tt = torch.full((b,), t, device=noise.device, dtype=torch.float32)
         x0 = predict(x, tt)
         if predict_noref is not None:

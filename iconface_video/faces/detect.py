@@ -20,7 +20,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from iconface_video.errors import InputError, MissingModelError
+from iconface_video.errors import InputError
+from iconface_video.faces.mtcnn import MTCNNSettings
 from iconface_video.types import FaceObs
 
 BACKENDS = ("auto", "mtcnn", "insightface", "facexlib")
@@ -110,8 +111,8 @@ def _with_rotation(detect_upright, images, frame_indices, rotation) -> list[list
 class MTCNNDetector:
     """The embedded MTCNN cascade. ``batch`` frames go through P-net together (same-size frames)."""
 
-    nets: tuple
-    settings: object
+    nets: tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]
+    settings: MTCNNSettings
     device: torch.device
     batch: int = 8
     name: str = "mtcnn"
@@ -155,7 +156,7 @@ def load_mtcnn(
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.85),
     batch: int = 8,
 ) -> MTCNNDetector:
-    from iconface_video.faces.mtcnn import MTCNNSettings, load_networks
+    from iconface_video.faces.mtcnn import load_networks
     from iconface_video.weights import find_model_file
 
     weights_dir = find_model_file("mtcnn", "pnet.safetensors", models_dir).parent
@@ -173,16 +174,19 @@ def load_detector(
     *,
     min_face: float | None = None,
     threshold: float | None = None,
+    commercial_only: bool = False,
 ) -> Detector:
     """A detector. ``min_face`` in pixels (None: relative to frame size); ``threshold`` is the
-    final score threshold (None: the backend's default)."""
+    final score threshold (None: the backend's default). With ``commercial_only``, ``auto``
+    skips weights whose licence forbids commercial use (insightface packs, RetinaFace)."""
     if backend not in BACKENDS:
         raise InputError(f"unknown detector {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         from iconface_video.weights import get_model, is_present
 
-        for candidate, model in (("insightface", "buffalo_l"), ("facexlib", "retinaface"), ("facexlib", "retinaface-mobile")):
-            if is_present(get_model(model), models_dir):
+        for candidate, name in (("insightface", "buffalo_l"), ("facexlib", "retinaface"), ("facexlib", "retinaface-mobile")):
+            model = get_model(name)
+            if (model.commercial_use or not commercial_only) and is_present(model, models_dir):
                 return load_detector(candidate, models_dir, device, min_face=min_face, threshold=threshold)
         backend = "mtcnn"
     if backend == "mtcnn":
@@ -197,4 +201,4 @@ def load_detector(
     return load_facexlib_detector(models_dir, device, min_face=min_face, threshold=threshold)
 
 
-__all__ = ["BACKENDS", "Detector", "MTCNNDetector", "load_detector", "load_mtcnn", "upright", "points_to_stored", "MissingModelError"]
+__all__ = ["BACKENDS", "Detector", "MTCNNDetector", "load_detector", "load_mtcnn", "obs_to_stored", "points_to_stored", "upright"]

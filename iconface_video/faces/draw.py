@@ -18,11 +18,11 @@ def annotate(image: np.ndarray, faces: Sequence[FaceObs]) -> np.ndarray:
     out = np.ascontiguousarray(image.copy())
     thickness = max(1, round(max(image.shape[:2]) / 600))
     for i, face in enumerate(faces):
-        x0, y0, x1, y1 = (int(round(v)) for v in face.box)
+        x0, y0, x1, y1 = (round(v) for v in face.box)
         cv2.rectangle(out, (x0, y0), (x1, y1), (0, 255, 255), thickness)
         radius = max(2, int(face.eye_distance / 12))
         for (x, y), colour in zip(face.kps5, POINT_COLOURS):
-            cv2.circle(out, (int(round(x)), int(round(y))), radius, colour, -1)
+            cv2.circle(out, (round(float(x)), round(float(y))), radius, colour, -1)
         label = f"{i}: {face.score:.2f}"
         cv2.putText(out, label, (x0, max(12, y0 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.4 * thickness, (0, 255, 255), thickness)
     return out
@@ -47,5 +47,5 @@ def draw_template(crops: np.ndarray, points: np.ndarray) -> np.ndarray:
     points = np.broadcast_to(np.asarray(points, np.float32), (len(crops), 5, 2))
     for crop, pts in zip(out, points):
         for (x, y), colour in zip(pts, POINT_COLOURS):
-            cv2.circle(crop, (int(round(x)), int(round(y))), max(1, crop.shape[0] // 100), colour, -1)
+            cv2.circle(crop, (round(float(x)), round(float(y))), max(1, crop.shape[0] // 100), colour, -1)
     return out

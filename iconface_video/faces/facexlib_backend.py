@@ -67,7 +67,12 @@ def load_facexlib_detector(
 ) -> FacexlibDetector:
     """RetinaFace ResNet-50 when present, else MobileNet-0.25; ``MissingModelError`` when neither is."""
     from iconface_video.errors import MissingModelError
-    from iconface_video.weights import check_state_dict, find_model_file, safe_load_torch, state_dict_of
+    from iconface_video.weights import (
+        check_state_dict,
+        find_model_file,
+        safe_load_torch,
+        state_dict_of,
+    )
 
     errors = []
     for name in [variant] if variant else list(VARIANTS):

@@ -34,7 +34,7 @@ def load_onnx_model(file: str, model: str, models_dir: str | Path | None, device
     path = find_model_file(model, file, models_dir)
     try:
         loaded = model_zoo.get_model(str(path), providers=providers_for(device))
-    except Exception as error:  # onnxruntime raises its own types for corrupt files
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises untyped errors for corrupt files
         raise BadWeightsError(f"{path}: onnxruntime cannot load it ({type(error).__name__}); fetch it again") from None
     if type(loaded).__name__ != EXPECTED[expected]:
         raise BadWeightsError(f"{path}: is not a face {expected} model (insightface routed it to {type(loaded).__name__})")

@@ -50,7 +50,7 @@ def landmark_mask(size: int, kps5_in_crop: np.ndarray | torch.Tensor, feather: f
     v = (-dx * sin + dy * cos) / half_h[:, None, None]
     # Distance inside the edge in pixels, approximately: (1 - r) times the local radius.
     radius = torch.sqrt(u**2 + v**2)
-    local = torch.sqrt(((u * half_w[:, None, None]) ** 2 + (v * half_h[:, None, None]) ** 2)) / radius.clamp_min(1e-6)
+    local = torch.sqrt((u * half_w[:, None, None]) ** 2 + (v * half_h[:, None, None]) ** 2) / radius.clamp_min(1e-6)
     inside = (1.0 - radius) * local
     ramp = (inside / (feather * face_len)[:, None, None].clamp_min(1e-3)).clamp(0.0, 1.0)
     return (ramp * ramp * (3.0 - 2.0 * ramp))[:, None]
@@ -92,7 +92,12 @@ def load_parser(name: str = "bisenet", models_dir: str | Path | None = None, dev
     from facexlib.parsing import BiSeNet, ParseNet, init_parsing_model
 
     from iconface_video.errors import InputError
-    from iconface_video.weights import check_state_dict, find_model_file, safe_load_torch, state_dict_of
+    from iconface_video.weights import (
+        check_state_dict,
+        find_model_file,
+        safe_load_torch,
+        state_dict_of,
+    )
 
     if name not in PARSER_NORMALISATION:
         raise InputError(f"unknown face parser {name!r}; choose bisenet or parsenet")

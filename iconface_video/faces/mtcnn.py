@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -215,7 +214,7 @@ def run_cascade(
 ) -> Detections:
     """Detect faces in ``images`` (``float32[B, 3, H, W]`` raw 0..255 RGB) with the full cascade."""
     pnet, rnet, onet = nets
-    batch, _, height, width = images.shape
+    _, _, height, width = images.shape
     device = images.device
     scales = pyramid_scales(height, width, settings.min_face_for(height, width), settings.factor)
     t1, t2, t3 = settings.thresholds

@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import heapq
+import io
 import os
 import sys
 import tempfile
@@ -40,6 +41,8 @@ CODECS = ("libx264", "libx265", "libvpx-vp9", "libsvtav1")
 DEFAULT_CRF = {"libx264": 18, "libx265": 20, "libvpx-vp9": 30, "libsvtav1": 30}
 DEFAULT_PRESET = {"libx264": "medium", "libx265": "medium", "libvpx-vp9": None, "libsvtav1": "8"}
 TEN_BIT = {"libx264", "libx265", "libsvtav1"}
+_X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
+PRESETS = {"libx264": _X26X_PRESETS, "libx265": _X26X_PRESETS, "libsvtav1": tuple(str(i) for i in range(14)), "libvpx-vp9": ()}
 # Containers that cannot hold H.264/HEVC get a codec they can hold when none is asked for.
 _WEB_CONTAINERS = {".webm": "libvpx-vp9"}
 
@@ -107,6 +110,9 @@ def resolve_encoding(settings: EncodeSettings, info: VideoInfo, output_path: str
     codec = settings.codec or _WEB_CONTAINERS.get(suffix, "libx264")
     if suffix == ".webm" and codec not in ("libvpx-vp9", "libsvtav1"):
         raise OutputError(f"{output_path}: WebM holds only VP9 or AV1; use --codec libvpx-vp9 or libsvtav1, or a .mp4/.mkv output")
+    if settings.preset is not None and settings.preset not in PRESETS[codec]:
+        choices = ", ".join(PRESETS[codec]) or "none (leave --preset out)"
+        raise UserError(f"{codec} has no preset {settings.preset!r}; its presets: {choices}")
     width, height = int(video.width or 0), int(video.height or 0)
     pix_fmt = settings.pix_fmt or _auto_pix_fmt(codec, video.bit_depth or 8, width, height)
     supported = {f.name for f in av.Codec(codec, "w").video_formats or []}
@@ -328,7 +334,9 @@ def mux_output(
     if expected_frames is not None and total != expected_frames:
         raise OutputError(f"the segments hold {total} frames, expected {expected_frames}; delete the work folder and rerun")
     reorder = max(s.reorder for s in stats)
-    warnings: list[str] = []
+    unfit = _unfit_streams(input_path, output_path, info)
+    warnings = [warning for _, warning in unfit]
+    left_out = {index for index, _ in unfit}
     source = open_input(input_path)
     first_segment = av.open(str(segments[0]))
     try:
@@ -340,16 +348,14 @@ def mux_output(
                     out.set_chapters(source.chapters())
                 mapping = {}
                 for stream in source.streams:
+                    if stream.index in left_out:
+                        continue
                     template = first_segment.streams.video[0] if stream.index == info.video_index else stream
                     try:
                         out_stream = _stream_like(out, template)
                     except (ValueError, av.error.FFmpegError) as error:
-                        if stream.index == info.video_index:
-                            raise OutputError(f"{output_path}: this container cannot hold {template.codec_context.name} video ({error}); "
-                                              "choose another --codec or output extension") from None
-                        warnings.append(f"stream {stream.index} ({stream.type} {stream.codec_context.name if stream.codec_context else '?'}) "
-                                        f"cannot go into {Path(output_path).suffix or 'this container'} and is left out ({error})")
-                        continue
+                        raise OutputError(f"{output_path}: cannot hold the {stream.type} stream {stream.index} ({error}); "
+                                          "choose another --codec or output extension") from None
                     out_stream.metadata.update(_clean_metadata(dict(stream.metadata)))
                     out_stream.disposition = stream.disposition
                     if stream.index == info.video_index:
@@ -370,6 +376,60 @@ def mux_output(
         first_segment.close()
         source.close()
     return warnings
+
+
+def check_copyable(input_path: str | os.PathLike, output_path: str | os.PathLike, info: VideoInfo) -> list[str]:
+    """Before any encoding: refuse an output container that cannot hold the input's audio or
+    subtitles (they would be lost); return one-line warnings for other streams it cannot hold."""
+    return [warning for _, warning in _unfit_streams(input_path, output_path, info)]
+
+
+def _unfit_streams(input_path, output_path, info: VideoInfo) -> list[tuple[int, str]]:
+    """(stream index, warning) for each non-video stream the output container cannot hold;
+    raises ``OutputError`` for audio and subtitles."""
+    fmt = _format_for(output_path)
+    if fmt is None:
+        return []  # an unusual extension: FFmpeg guesses the muxer, and tells at the end
+    unfit = []
+    source = open_input(input_path)
+    try:
+        for stream in source.streams:
+            if stream.index == info.video_index:
+                continue
+            error = _stream_misfit(fmt, stream)
+            if error is not None:
+                unfit.append((stream.index, _refuse_or_warn(stream, output_path, error)))
+    finally:
+        source.close()
+    return unfit
+
+
+def _stream_misfit(fmt: str, stream) -> Exception | None:
+    """Why a ``fmt`` file cannot hold a copy of ``stream`` (None if it can).
+
+    Some muxers accept any stream and only object when writing the header, so the header is
+    written, into memory, with this one stream.
+    """
+    trial = av.open(io.BytesIO(), mode="w", format=fmt)
+    try:
+        _stream_like(trial, stream)
+        trial.start_encoding()
+    except (ValueError, av.error.FFmpegError) as error:
+        return error
+    finally:
+        with contextlib.suppress(av.error.FFmpegError, ValueError):
+            trial.close()
+    return None
+
+
+def _refuse_or_warn(stream, output_path: str | os.PathLike, error: Exception) -> str:
+    """Audio and subtitles must never be dropped silently; other streams may be, with a warning."""
+    codec = stream.codec_context.name if stream.codec_context else "unknown"
+    suffix = Path(output_path).suffix or "this container"
+    if stream.type in ("audio", "subtitle"):
+        raise OutputError(f"{output_path}: a {suffix} file cannot hold the input's {codec} {stream.type} "
+                          f"(stream {stream.index}); use an .mkv output, which can")
+    return f"stream {stream.index} ({stream.type} {codec}) cannot go into {suffix} and is left out ({error})"
 
 
 def _stream_like(out, template):

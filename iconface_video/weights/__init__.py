@@ -7,7 +7,12 @@ and ``load_safetensors`` load weights without ever running pickled code.
 
 from iconface_video.errors import BadWeightsError, MissingModelError
 from iconface_video.weights.catalogue import MODELS, Model, ModelFile, get_model
-from iconface_video.weights.loading import check_state_dict, load_safetensors, safe_load_torch, state_dict_of
+from iconface_video.weights.loading import (
+    check_state_dict,
+    load_safetensors,
+    safe_load_torch,
+    state_dict_of,
+)
 from iconface_video.weights.store import (
     FileCheck,
     candidate_paths,
@@ -23,8 +28,25 @@ from iconface_video.weights.store import (
 )
 
 __all__ = [
-    "MODELS", "Model", "ModelFile", "get_model", "BadWeightsError", "MissingModelError",
-    "check_state_dict", "load_safetensors", "safe_load_torch", "state_dict_of",
-    "FileCheck", "candidate_paths", "embedded_dir", "fetch", "find_model_file", "install_path",
-    "is_present", "model_folder", "search_dirs", "user_cache_dir", "verify",
+    "MODELS",
+    "BadWeightsError",
+    "FileCheck",
+    "MissingModelError",
+    "Model",
+    "ModelFile",
+    "candidate_paths",
+    "check_state_dict",
+    "embedded_dir",
+    "fetch",
+    "find_model_file",
+    "get_model",
+    "install_path",
+    "is_present",
+    "load_safetensors",
+    "model_folder",
+    "safe_load_torch",
+    "search_dirs",
+    "state_dict_of",
+    "user_cache_dir",
+    "verify",
 ]
