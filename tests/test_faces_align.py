@@ -85,7 +85,8 @@ def test_warp_then_inverse_round_trip_under_half_a_pixel():
         assert diff < 0.02, diff
 
 
-def test_round_trip_of_a_marked_pixel_within_half_a_pixel():
+@pytest.mark.parametrize("use_opencv", [True, False])
+def test_round_trip_of_a_marked_pixel_within_half_a_pixel(use_opencv):
     """Warp a bright dot into the crop and back: its centre of mass moves by < 0.5 px."""
     frame = torch.zeros(1, 1, 400, 400)
     yy, xx = torch.meshgrid(torch.arange(400.0), torch.arange(400.0), indexing="ij")
@@ -94,20 +95,27 @@ def test_round_trip_of_a_marked_pixel_within_half_a_pixel():
     kps = random_faces(1, seed=5)
     kps = kps - kps.mean(1, keepdims=True) + np.array([200, 200], np.float32)
     M = estimate_affine(kps, "ffhq", 256)
-    crop = warp_faces(frame, torch.from_numpy(M), 256, padding_mode="zeros")
-    back = warp_faces(crop, torch.from_numpy(invert_affine(M)), 400, padding_mode="zeros")[0, 0]
+    crop = warp_faces(frame, torch.from_numpy(M), 256, padding_mode="zeros", use_opencv=use_opencv)
+    back = warp_faces(crop, torch.from_numpy(invert_affine(M)), 400, padding_mode="zeros", use_opencv=use_opencv)[0, 0]
     w = back / back.sum()
     cx, cy = float((w * xx).sum()), float((w * yy).sum())
     assert abs(cx - dot[0]) < 0.5 and abs(cy - dot[1]) < 0.5
 
 
-def test_warp_matches_opencv_warp_affine():
+@pytest.mark.parametrize("padding_mode", ["reflection", "zeros", "border"])
+def test_opencv_cpu_path_matches_kornia(padding_mode):
+    """The CPU fast path (cv2.warpAffine) and kornia's grid_sample sample the same pixels."""
     rng = np.random.default_rng(3)
-    image = rng.integers(0, 255, (300, 320, 3), dtype=np.uint8)
-    image = cv2.GaussianBlur(image, (0, 0), 3)
-    kps = random_faces(1, seed=4) * 0.5
-    M = estimate_affine(kps, "arcface", 112)
-    ref = cv2.warpAffine(image.astype(np.float32) / 255, M[0], (112, 112), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    image = cv2.GaussianBlur(rng.integers(0, 255, (300, 320, 3), dtype=np.uint8), (0, 0), 3)
     tensor = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
-    ours = warp_faces(tensor, torch.from_numpy(M), 112)[0].permute(1, 2, 0).numpy()
-    assert np.abs(ours - ref)[8:-8, 8:-8].max() < 2e-3
+    kps = np.concatenate([random_faces(3, seed=4) * 0.5, random_faces(1, seed=6) * 0.5 - 60])  # one off the edge
+    M = torch.from_numpy(estimate_affine(kps, "arcface", 112))
+    frames = tensor.expand(4, -1, -1, -1)
+    fast = warp_faces(frames, M, 112, padding_mode=padding_mode, use_opencv=True)
+    reference = warp_faces(frames, M, 112, padding_mode=padding_mode, use_opencv=False)
+    assert fast.shape == reference.shape == (4, 3, 112, 112)
+    assert (fast - reference).abs().max() < 5e-3
+    # One-channel masks and non-expanded batches take the same path.
+    masks = torch.rand(2, 1, 64, 64)
+    M2 = torch.from_numpy(estimate_affine(random_faces(2, seed=7) * 0.1, "ffhq", 32))
+    assert (warp_faces(masks, M2, 32, use_opencv=True) - warp_faces(masks, M2, 32, use_opencv=False)).abs().max() < 5e-3

@@ -91,3 +91,24 @@ def test_resumed_render_equals_uninterrupted(job, sig):
     assert [f.pts for f in a] == [f.pts for f in b] and len(a) == N
     assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
     assert not list(tmp.glob(f".{out.name}.iconface-work-*"))
+
+
+def test_segments_are_keyed_to_the_weights_options_and_analysis(job):
+    import json
+
+    from iconface_video.analysis.schema import load_analysis
+    from iconface_video.render.render import _process_key
+
+    tmp, clip, analysis_path, whole = job
+    analysis = load_analysis(analysis_path)
+    key = _process_key(analysis, analysis_path, RenderOptions(**OPTIONS), tiny_restorer())
+    assert key == _process_key(analysis, analysis_path, RenderOptions(**OPTIONS), tiny_restorer())
+    assert key != _process_key(analysis, analysis_path, RenderOptions(**OPTIONS), tiny_restorer(seed=5))
+    assert key != _process_key(analysis, analysis_path, RenderOptions(**{**OPTIONS, "strength": 0.9}), tiny_restorer())
+    # The batch size changes no pixel: a resume may use another one (after running out of memory).
+    assert key == _process_key(analysis, analysis_path, RenderOptions(**{**OPTIONS, "batch_size": 7}), tiny_restorer())
+    # Each finished render rewrites the file's render section; that must not orphan segments.
+    data = json.loads(analysis_path.read_text())
+    data["render"] = {"anything": 1}
+    analysis_path.write_text(json.dumps(data))
+    assert key == _process_key(analysis, analysis_path, RenderOptions(**OPTIONS), tiny_restorer())

@@ -140,3 +140,31 @@ def test_references_come_only_from_the_feature_pool(tmp_path):
         assert 1 <= len(s.refs) <= (2 if s.image in (0, 1, 2) else 3)
         used = set(s.ref_feat[:, 0].astype(int).tolist())  # each feature holds its image number
         assert used <= {0, 1, 2} and s.image not in used
+
+
+def test_video_tracks_become_identity_groups_with_frame_gaps(tmp_path):
+    from fractions import Fraction
+
+    from iconface_video.faces.align import template
+    from iconface_video.train.data import export_track_crops
+    from iconface_video.types import FaceObs, Frame, Track
+
+    rng = np.random.default_rng(0)
+    frames = [Frame(i, i, Fraction(1, 25), rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)) for i in range(0, 60, 3)]
+    kps = template("arcface", 112) * 0.5 + np.array([20.0, 10.0], np.float32)  # a 56-px face
+    obs = tuple(FaceObs(f.index, (20, 10, 76, 66), 0.99, kps) for f in frames)
+    tracks = [Track(1, 0, obs, identity=0), Track(2, 0, obs[:4], identity=None)]
+    ids = export_track_crops(iter(frames), tracks, tmp_path / "crops", size=32, template="arcface", stride=2)
+    assert ids.people == ("track0001", "track0002") and ids.size == 32
+    assert ids.frames[0] == tuple(range(0, 60, 6)) and len(ids.paths[1]) == 2
+    sampler = FaceSampler(ids.subset(["track0001"]), crop_size=32, ref_size=16, template="arcface", seed=0,
+                          min_gap=20, schedule=RefSchedule(p_no_ref=0.0))
+    frames_of = ids.frames[0]
+    for n in range(30):
+        s = sampler.sample(n)
+        assert s.hq.shape == (32, 32, 3)
+    picks = pick_references(D.sample_rng(1), len(frames_of), 4, 9, frames_of, 20)
+    assert all(abs(frames_of[int(p)] - frames_of[4]) >= 20 for p in picks) and len(picks) > 0
+    by_person = export_track_crops(iter(frames), tracks, tmp_path / "people", size=32, template="arcface",
+                                   stride=2, by_identity=True)
+    assert by_person.people == ("identity0000",)

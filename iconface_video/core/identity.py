@@ -136,9 +136,8 @@ def load_id_encoder(name: str, template_name: str) -> IdEncoderFn:
     unnormalised float32[N, id_dim] features (``faces.embed``'s ``embed_aligned112``). ``proxy``
     lives inside the model instead.
     """
-    from iconface_video.faces.embed import (
-        load_embedder,  # lazy: pulls in dlib / onnxruntime
-    )
+    # Imported here: it pulls in dlib / onnxruntime, which the proxy path never needs.
+    from iconface_video.faces.embed import load_embedder
 
     embedder = load_embedder(name)
 

@@ -7,10 +7,10 @@ caller's frames ──► [decode + align] ──q──► [restore + blend] �
 ```
 
 The first thread pulls frames (decoding happens there), warps each planned face to an aligned
-crop on the device and groups frames into *units* of up to ``batch_size`` crops. The second
-restores a unit's crops, smooths colour correction and masks over time within each track,
-and pastes the changes back. Memory is bounded by the queues: at most a few units of frames
-and crops are alive, whatever the video's length.
+crop on the device and groups frames into *units* of at most ``batch_size`` crops and
+``batch_size`` frames. The second restores a unit's crops, smooths colour correction, masks
+and detail over time within each track, and pastes the changes back. Memory is bounded by the
+queues: a few units of frames and crops are alive, whatever the video's length.
 
 A unit never spans two encoder segments, and temporal averages restart at each segment. So a
 resumed render, which starts at a segment boundary, computes bit for bit what an uninterrupted
@@ -34,8 +34,8 @@ from iconface_video.render.plan import FaceJob, RenderPlan
 from iconface_video.render.temporal import TemporalSettings, TrackAverages
 from iconface_video.types import Frame
 
-# Frames per unit when faces are few: bounds the frames held while a batch fills up.
-_MAX_UNIT_FRAMES = 32
+# Units waiting between two stages. With one unit in each stage, at most about 2 + 2 * depth
+# units (each at most ``batch_size`` frames) are alive: memory follows the batch size.
 _QUEUE_DEPTH = 2
 # A grey source decoded from YUV gives R = G = B up to rounding; crops are bilinear mixes of
 # such pixels, so their channels stay within a level of each other.
@@ -167,7 +167,9 @@ class FaceEngine:
             if frame is None:
                 break
             at_boundary = frame.index in self.segment_starts
-            if unit.frames and (at_boundary or n_crops >= self.batch_size or len(unit.frames) >= _MAX_UNIT_FRAMES):
+            # A unit closes at a segment start, when it holds a batch of crops, or when it holds
+            # batch_size frames (frames without faces must not pile up waiting for a batch).
+            if unit.frames and (at_boundary or n_crops >= self.batch_size or len(unit.frames) >= self.batch_size):
                 _put(out, unit, stop)
                 unit, n_crops = _Unit(reset=at_boundary), 0
             jobs = self.plan.jobs.get(frame.index, ())

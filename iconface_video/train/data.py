@@ -323,24 +323,46 @@ def compute_features(ids: IdentitySet, embed_aligned112, batch: int = 64,
 
 
 def export_track_crops(frames: Iterable, tracks: Sequence, out_dir: Path, *, size: int,
-                       template: str, stride: int = 1) -> IdentitySet:
-    """Write aligned crops of each face track as ``out_dir/track<id>/<frame:06d>.png``.
+                       template: str, stride: int = 1, by_identity: bool = False) -> IdentitySet:
+    """Write aligned crops of face tracks as ``out_dir/<group>/<frame:06d>.png``.
 
-    ``frames`` yields :class:`iconface_video.types.Frame` (any order); ``tracks`` are
-    :class:`iconface_video.types.Track` (e.g. from an analysis file). Every ``stride``-th
-    observation is kept. Memory is one frame at a time. Returns the identity set with frame
-    numbers, for a :class:`FaceSampler` with ``min_gap`` set.
+    ``frames`` yields :class:`iconface_video.types.Frame`; ``tracks`` are
+    :class:`iconface_video.types.Track` (e.g. from an analysis file). A group is one track
+    (``track0007``) or, with ``by_identity``, one linked identity (``identity0002``; tracks without
+    an identity are skipped). Every ``stride``-th observation is kept; memory is one frame at a
+    time. Returns the identity set with frame numbers, for a :class:`FaceSampler` with ``min_gap``.
     """
     from iconface_video.faces import align
 
-    wanted: dict[int, list[tuple[int, np.ndarray]]] = {}
+    wanted: dict[int, list[tuple[str, np.ndarray]]] = {}
     for tr in tracks:
+        if by_identity and tr.identity is None:
+            continue
+        group = f"identity{tr.identity:04d}" if by_identity else f"track{tr.id:04d}"
         for obs in tr.obs[::stride]:
-            wanted.setdefault(obs.frame_index, []).append((tr.id, obs.kps5))
+            wanted.setdefault(obs.frame_index, []).append((group, obs.kps5))
+    out_dir.mkdir(parents=True, exist_ok=True)
     for frame in frames:
-        for track_id, kps in wanted.get(frame.index, []):
+        for group, kps in wanted.get(frame.index, []):
             crop, _ = align.align_crops(frame.image, kps[None], template, size)
-            folder = out_dir / f"track{track_id:04d}"
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = out_dir / group
+            folder.mkdir(exist_ok=True)
             cv2.imwrite(str(folder / f"{frame.index:06d}.png"), crop[0][..., ::-1])
     return scan_identities(out_dir, template=template, video_frames=True)
+
+
+def identities_from_analysis(analysis_path: str | Path, out_dir: Path, *, size: int = 112, template: str = "arcface",
+                             stride: int = 5, by_identity: bool = False, video: str | Path | None = None) -> IdentitySet:
+    """Face video -> identity set: the aligned crops of an analysis file's tracks (see
+    :func:`export_track_crops`); train with ``min_gap`` so references are frames far from the target."""
+    from iconface_video.analysis.schema import load_analysis
+    from iconface_video.io.reader import read_frames
+
+    analysis = load_analysis(analysis_path)
+    source = Path(video) if video is not None else Path(analysis.video["path"])
+    if not source.is_absolute() and analysis.path is not None:
+        source = analysis.path.parent / source
+    if not source.is_file():
+        raise UserError(f"{source}: the analysed video is missing; pass its path")
+    return export_track_crops(read_frames(source), analysis.tracks, out_dir, size=size, template=template,
+                              stride=stride, by_identity=by_identity)

@@ -33,8 +33,9 @@ from iconface_video.train.data import IdentitySet, load_crop, pick_references, t
 METHODS = ("input", "bicubic_unsharp", "model_noref", "model_ref")
 RECORD_KEYS = ("method", "bucket", "psnr", "ssim", "id_cos", "n")
 
-# restore(lq float32[B,3,R,R] in [0,1], refs: list (per crop) of float32[K,3,R,R] in [0,1]) -> float32[B,3,R,R]
-RestoreFn = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]
+# restore(lq float32[B,3,R,R] in [0,1], refs: per crop float32[K,3,R,R] in [0,1],
+#         feats: per crop float32[K,D] identity features of those refs, or None) -> float32[B,3,R,R]
+RestoreFn = Callable[[np.ndarray, Sequence[np.ndarray], Sequence[np.ndarray] | None], np.ndarray]
 # embed(uint8[N,112,112,3] ArcFace-aligned) -> float32[N, D]
 EmbedFn = Callable[[np.ndarray], np.ndarray]
 
@@ -42,7 +43,8 @@ EmbedFn = Callable[[np.ndarray], np.ndarray]
 @dataclass(frozen=True)
 class Case:
     """One degraded photo: ``hq``/``lq``: ``float32[R, R, 3]``, ``small``: ``float32[r, r, 3]``,
-    ``refs``: ``float32[K, R, R, 3]`` other photos of the person."""
+    ``refs``: ``float32[K, R, R, 3]`` other photos of the person; ``ref_feat``: ``float32[K, D]``
+    their identity features (filled in by :func:`evaluate` when an embedder is given)."""
 
     person: str
     image: int
@@ -51,6 +53,7 @@ class Case:
     lq: np.ndarray
     small: np.ndarray
     refs: np.ndarray
+    ref_feat: np.ndarray | None = None
 
 
 def choose_images(ids: IdentitySet, per_person: int, seed: int) -> list[tuple[int, int]]:
@@ -98,22 +101,21 @@ def ssim(out: np.ndarray, truth: np.ndarray) -> float:
     return float(structural_similarity(to_u8(truth), to_u8(out), channel_axis=2, data_range=255))
 
 
-def id_cosines(out: np.ndarray, truth: np.ndarray, embed: EmbedFn, template: str) -> np.ndarray:
-    """Cosine ``float32[N]`` between identity embeddings of ``float32[N, R, R, 3]`` outputs and truths."""
-    size = out.shape[1]
-    warp = template_warp(template, size, "arcface", 112)
+def embed_crops(images: np.ndarray, embed: EmbedFn, template: str) -> np.ndarray:
+    """Identity features ``float32[N, D]`` of ``float32[N, R, R, 3]`` crops aligned to ``template``
+    (warped to the ArcFace 112 crop the face embedders expect)."""
+    warp = template_warp(template, images.shape[1], "arcface", 112)
+    u8 = to_u8(images)
+    if warp is not None:
+        u8 = np.stack([cv2.warpAffine(im, warp, (112, 112), flags=cv2.INTER_AREA,
+                                      borderMode=cv2.BORDER_REFLECT_101) for im in u8])
+    return np.asarray(embed(u8), np.float32)
 
-    def prep(x: np.ndarray) -> np.ndarray:
-        u8 = to_u8(x)
-        if warp is None:
-            return u8
-        return np.stack([cv2.warpAffine(im, warp, (112, 112), flags=cv2.INTER_AREA,
-                                        borderMode=cv2.BORDER_REFLECT_101) for im in u8])
 
-    a = np.asarray(embed(prep(out)), np.float64)
-    b = np.asarray(embed(prep(truth)), np.float64)
-    a /= np.linalg.norm(a, axis=1, keepdims=True) + 1e-12
-    b /= np.linalg.norm(b, axis=1, keepdims=True) + 1e-12
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine ``float32[N]`` of ``[N, D]`` features."""
+    a = a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-12)
+    b = b / (np.linalg.norm(b, axis=1, keepdims=True) + 1e-12)
     return (a * b).sum(1).astype(np.float32)
 
 
@@ -131,8 +133,9 @@ def run_methods(cases: Sequence[Case], restore: RestoreFn | None, batch: int = 1
         chunk = cases[s:s + batch]
         lq = np.stack([c.lq for c in chunk]).transpose(0, 3, 1, 2)
         empty = [np.zeros((0, 3, size, size), np.float32) for _ in chunk]
-        noref.append(restore(lq, empty))
-        ref.append(restore(lq, [c.refs.transpose(0, 3, 1, 2) for c in chunk]))
+        feats = None if chunk[0].ref_feat is None else [c.ref_feat for c in chunk]
+        noref.append(restore(lq, empty, None))
+        ref.append(restore(lq, [c.refs.transpose(0, 3, 1, 2) for c in chunk], feats))
     outs["model_noref"] = np.concatenate(noref).transpose(0, 2, 3, 1)
     outs["model_ref"] = np.concatenate(ref).transpose(0, 2, 3, 1)
     return outs
@@ -142,12 +145,13 @@ def score(cases: Sequence[Case], outs: dict[str, np.ndarray], embed: EmbedFn | N
           template: str) -> list[dict]:
     """One record per (method, bucket): means of PSNR, SSIM and identity cosine over its cases."""
     truth = np.stack([c.hq for c in cases])
+    truth_feat = embed_crops(truth, embed, template) if embed is not None else None
     buckets = [c.bucket for c in cases]
     records = []
     for method, out in outs.items():
         p = np.array([psnr(o, t) for o, t in zip(out, truth)])
         s = np.array([ssim(o, t) for o, t in zip(out, truth)])
-        cos = id_cosines(out, truth, embed, template) if embed is not None else np.full(len(out), np.nan)
+        cos = cosines(embed_crops(out, embed, template), truth_feat) if embed is not None else np.full(len(out), np.nan)
         for bucket in dict.fromkeys(buckets):
             m = np.array([b == bucket for b in buckets])
             records.append({
@@ -191,34 +195,39 @@ def write_grid(path: Path, cases: Sequence[Case], outs: dict[str, np.ndarray], r
     os.replace(tmp, path)
 
 
-def restorer_fn(restorer, embed: EmbedFn | None, *, steps: int, seed: int) -> RestoreFn:
-    """Adapt a ``core.restorer.Restorer`` to :data:`RestoreFn` (one track per crop).
-
-    Reference identity features come from ``embed`` (the checkpoint's encoder on the ArcFace 112
-    warp) so the evaluation and the pipeline see the same anchor inputs.
-    """
+def restorer_fn(restorer, *, steps: int, seed: int) -> RestoreFn:
+    """Adapt a ``core.restorer.Restorer`` to :data:`RestoreFn` (one track per crop). Reference
+    features, when given, are the checkpoint's encoder on the ArcFace 112 warp (as in the pipeline);
+    without them the restorer computes its own."""
     import torch
 
-    def restore(lq: np.ndarray, refs: Sequence[np.ndarray]) -> np.ndarray:
+    def restore(lq: np.ndarray, refs: Sequence[np.ndarray], feats: Sequence[np.ndarray] | None) -> np.ndarray:
         b = lq.shape[0]
         counts = [len(r) for r in refs]
-        all_refs = np.concatenate(list(refs)) if sum(counts) else None
-        feat = None
-        if all_refs is not None and embed is not None and restorer.config.id_encoder != "proxy":
-            nhwc = all_refs.transpose(0, 2, 3, 1)
-            warp = template_warp(restorer.template, nhwc.shape[1], "arcface", 112)
-            u8 = to_u8(nhwc)
-            if warp is not None:
-                u8 = np.stack([cv2.warpAffine(im, warp, (112, 112), flags=cv2.INTER_AREA) for im in u8])
-            feat = torch.from_numpy(np.asarray(embed(u8), np.float32))
+        have = sum(counts) > 0
         out = restorer.restore(
             torch.from_numpy(np.ascontiguousarray(lq)).float(), torch.arange(b),
-            refs=None if all_refs is None else torch.from_numpy(all_refs).float(),
-            ref_track=None if all_refs is None else torch.from_numpy(np.repeat(np.arange(b), counts)).long(),
-            ref_feat=feat, seed=seed, steps=steps)
+            refs=torch.from_numpy(np.concatenate(list(refs))).float() if have else None,
+            ref_track=torch.from_numpy(np.repeat(np.arange(b), counts)).long() if have else None,
+            ref_feat=torch.from_numpy(np.concatenate(list(feats))).float() if have and feats is not None else None,
+            seed=seed, steps=steps)
         return out.crops.numpy()
 
     return restore
+
+
+def with_reference_features(cases: Sequence[Case], embed: EmbedFn, template: str) -> list[Case]:
+    """Cases with ``ref_feat`` filled in; a photo's references are embedded once for all buckets."""
+    import dataclasses
+
+    memo: dict[tuple[str, int], np.ndarray] = {}
+    out = []
+    for c in cases:
+        key = (c.person, c.image)
+        if key not in memo:
+            memo[key] = embed_crops(c.refs, embed, template) if len(c.refs) else np.zeros((0, 128), np.float32)
+        out.append(dataclasses.replace(c, ref_feat=memo[key]))
+    return out
 
 
 def evaluate(ids: IdentitySet, *, restorer=None, embed: EmbedFn | None = None, buckets: Sequence[str] = D.BUCKETS,
@@ -229,6 +238,8 @@ def evaluate(ids: IdentitySet, *, restorer=None, embed: EmbedFn | None = None, b
         crop_size, template = restorer.crop_size, restorer.template
     cases = build_cases(ids, buckets=buckets, per_person=per_person, k_refs=k_refs, seed=seed,
                         crop_size=crop_size, template=template)
-    restore = None if restorer is None else restorer_fn(restorer, embed, steps=steps, seed=seed)
+    if embed is not None and restorer is not None and restorer.config.id_encoder != "proxy":
+        cases = with_reference_features(cases, embed, template)
+    restore = None if restorer is None else restorer_fn(restorer, steps=steps, seed=seed)
     outs = run_methods(cases, restore)
     return score(cases, outs, embed, template), cases, outs
