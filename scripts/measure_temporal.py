@@ -46,13 +46,14 @@ def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     out += rng.normal(0, rng.uniform(3, 10), out.shape)
     out = np.clip(out, 0, 255).astype(np.uint8)
     quality = int(rng.integers(30, 70))
-    ok, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    _, data = cv2.imencode(".jpg", cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 def write_lossless(path: Path, frames: list[np.ndarray], fps: float) -> Path:
-    import av
     from fractions import Fraction
+
+    import av
 
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001), options={"crf": "0", "preset": "ultrafast"})
@@ -85,7 +86,7 @@ def aligned(frames: list[np.ndarray], M: np.ndarray, size: int) -> torch.Tensor:
 def measure(out: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     weight = mask.expand_as(out)[1:]
     d_out, d_truth = out[1:] - out[:-1], truth[1:] - truth[:-1]
-    mean = lambda x: float((x * weight).sum() / weight.sum())  # noqa: E731
+    mean = lambda x: float((x * weight).sum() / weight.sum())
     mse = float((((out - truth) ** 2) * mask.expand_as(out)).sum() / mask.expand_as(out).sum())
     return {"flicker": mean((d_out - d_truth).abs()), "change": mean(d_out.abs()), "truth": mean(d_truth.abs()),
             "psnr": 10 * np.log10(255**2 / max(mse, 1e-9))}

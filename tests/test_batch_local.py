@@ -82,6 +82,7 @@ def test_two_workers_match_single_runs_and_survive_a_corrupt_file(clips, referen
     again = CliRunner().invoke(cli, ["batch", str(src / "*.mp4"), "-o", str(out), "--workers", "2", "--json"])
     assert again.exit_code == 1
     events = _events(again.stdout)
+    assert events[0]["event"] == "batch_start" and (events[0]["todo"], events[0]["skipped"]) == (1, 3)
     assert sorted(Path(e["file"]).name for e in events if e["event"] == "file_skipped") == sorted(mtimes)
     assert [Path(e["file"]).name for e in events if e["event"] == "file_start"] == ["broken.mp4"]
     assert {p.name: (out / p.name).stat().st_mtime_ns for p in good} == mtimes
@@ -250,3 +251,60 @@ def test_conflicting_options_are_one_line_errors(clips, tmp_path, args, message)
     assert result.exit_code != 0
     assert message in (str(result.exception) if result.exception else "") + result.output
     assert not (tmp_path / "iconface-batch.json").exists()
+
+
+def test_encode_options_reach_the_job_and_a_change_redoes_done_files(clips, tmp_path):
+    clip = clips[1][0]
+    out = tmp_path / "out"
+    first = CliRunner().invoke(cli, ["batch", str(clip), "-o", str(out), "--crf", "40", "-q"])
+    assert first.exit_code == 0, first.output
+    single = run_job(clip, tmp_path / "single.mp4", JobSettings(encode=EncodeSettings(crf=40)))
+    assert_same_video(out / clip.name, single.output_path)
+    assert read_manifest(manifest_path(out))[clip.name].settings["encode"]["crf"] == 40
+
+    again = CliRunner().invoke(cli, ["batch", str(clip), "-o", str(out), "--crf", "20", "--json"])
+    assert again.exit_code == 0
+    assert [e["event"] for e in _events(again.stdout)].count("file_done") == 1
+    record = read_manifest(manifest_path(out))[clip.name]
+    assert (record.settings["encode"]["crf"], record.attempts) == (20, 2)
+    assert (out / clip.name).stat().st_size > single.output_path.stat().st_size  # lower CRF, more bits
+
+
+def test_split_run_reuses_the_segments_an_earlier_run_finished(tmp_path):
+    from iconface_video.batch.split import encode_segments, find_shot_starts, split_settings
+
+    clip = make_clip(tmp_path / "m.mp4", frames=60, shots=(20, 40), seed=3)
+    out = tmp_path / "out"
+    out.mkdir()
+    starts = find_shot_starts(clip)
+    assert starts == (0, 20, 40)
+    # An earlier, interrupted split run got as far as the middle shot.
+    encode_segments(str(clip), str(out / "m.mp4"), split_settings(JobSettings(), starts), (1,))
+    result = CliRunner().invoke(cli, ["batch", str(clip), "-o", str(out), "--split-shots", "--min-task-frames", "1",
+                                      "--workers", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    events = _events(result.stdout)
+    split = next(e for e in events if e["event"] == "file_split")
+    assert (split["segments"], split["reused"], split["tasks"]) == (3, 1, 2)
+    assert sorted(e["segments"] for e in events if e["event"] == "segment_done") == [[0], [2]]
+    whole = run_job(clip, tmp_path / "whole.mp4", JobSettings())
+    assert video_frames(out / "m.mp4")[0] == video_frames(whole.output_path)[0]
+    assert audio_packets(out / "m.mp4") == audio_packets(whole.output_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_is_a_one_line_error(clips, tmp_path):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        result = CliRunner().invoke(cli, ["batch", str(clips[1][0]), "-o", str(out)])
+    finally:
+        out.chmod(0o755)
+    assert result.exit_code != 0 and "cannot write to the output folder" in str(result.exception)
+
+
+def test_output_folder_that_cannot_be_made_is_a_one_line_error(clips, tmp_path):
+    (tmp_path / "a-file").write_text("x")
+    result = CliRunner().invoke(cli, ["batch", str(clips[1][0]), "-o", str(tmp_path / "a-file" / "out")])
+    assert result.exit_code != 0 and "cannot create the output folder" in str(result.exception)

@@ -42,7 +42,7 @@ def test_ray_batch_matches_single_runs(ray_session, tmp_path):
     assert result.exit_code == 1, result.output
     events = _events(result.stdout)
     done = [e for e in events if e["event"] == "file_done"]
-    assert len(done) == 3 and [e["event"] for e in events].count("file_failed") == 1
+    assert len(done) == 3 and [e["event"] for e in events].count("file_failed") == 1, result.stdout
     manifest = read_manifest(manifest_path(out))
     assert manifest["broken.mp4"].state == "failed" and "broken.mp4" in manifest["broken.mp4"].reason
     assert manifest["ep0.mp4"].worker.startswith("ray ") and " pid " in manifest["ep0.mp4"].worker

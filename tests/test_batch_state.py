@@ -16,7 +16,7 @@ import pytest
 
 from iconface_video.batch import locks
 from iconface_video.batch.manifest import FileRecord, manifest_path, read_manifest, set_state, update_manifest
-from iconface_video.batch.queue import BatchOptions, expand_inputs, plan, worker_specs
+from iconface_video.batch.queue import BatchOptions, Skip, expand_inputs, plan, worker_specs
 from iconface_video.batch.split import group_segments
 from iconface_video.errors import InputError
 
@@ -142,11 +142,6 @@ def test_expand_inputs_globs_folders_and_errors(tmp_path):
         expand_inputs([str(tmp_path / "*.avi")])
 
 
-def _events():
-    seen = []
-    return seen, lambda event, **fields: seen.append((event, fields))
-
-
 def test_plan_skips_done_retries_failed_and_redoes_changed_settings(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
@@ -169,19 +164,17 @@ def test_plan_skips_done_retries_failed_and_redoes_changed_settings(tmp_path):
         "changed.mp4": entry("changed.mp4", "done", {"crf": 30}),
         "vanished.mp4": entry("vanished.mp4", "done"),
     })
-    seen, emit = _events()
-    todo, summary = plan(inputs, options, settings, {}, emit)
+    todo, skipped = plan(inputs, options, settings, {})
     assert sorted(Path(r.output).name for r in todo) == ["changed.mp4", "failed.mp4", "new.mp4", "running.mp4", "vanished.mp4"]
-    assert summary.skipped == {"done.mp4": "done"}
-    assert seen == [("file_skipped", {"file": str(src / "done.mp4"), "output": str(out / "done.mp4"), "reason": "done"})]
+    assert skipped == [Skip(src / "done.mp4", out / "done.mp4", "done")]
     manifest = read_manifest(manifest_path(out))
     assert manifest["new.mp4"].state == "pending" and manifest["done.mp4"].state == "done"
     # Until a worker takes them up again, earlier outcomes stay on record.
     assert manifest["failed.mp4"].state == "failed" and manifest["changed.mp4"].settings == {"crf": 30}
     assert [r.attempts for r in todo if r.output.endswith("failed.mp4")] == [1]
 
-    todo, summary = plan(inputs, replace(options, retry_failed=False), settings, {}, emit)
-    assert "failed.mp4" in summary.skipped
+    todo, skipped = plan(inputs, replace(options, retry_failed=False), settings, {})
+    assert [s.output.name for s in skipped] == ["done.mp4", "failed.mp4"]
 
 
 def test_plan_refuses_foreign_outputs_and_name_clashes(tmp_path):
@@ -191,15 +184,14 @@ def test_plan_refuses_foreign_outputs_and_name_clashes(tmp_path):
     out.mkdir()
     for folder in ("a", "b"):
         (tmp_path / folder / "e01.mkv").write_bytes(b"x")
-    _, emit = _events()
     with pytest.raises(InputError, match="would both be written"):
-        plan([tmp_path / "a" / "e01.mkv", tmp_path / "b" / "e01.mkv"], BatchOptions(out_dir=out), {}, {}, emit)
+        plan([tmp_path / "a" / "e01.mkv", tmp_path / "b" / "e01.mkv"], BatchOptions(out_dir=out), {}, {})
     with pytest.raises(InputError, match="output folder is the input's folder"):
-        plan([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=tmp_path / "a"), {}, {}, emit)
+        plan([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=tmp_path / "a"), {}, {})
     (out / "e01.mkv").write_bytes(b"someone else's")
-    todo, summary = plan([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=out), {}, {}, emit)
-    assert not todo and "not made by this batch" in summary.skipped["e01.mkv"]
-    todo, _ = plan([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=out, overwrite=True), {}, {}, emit)
+    todo, skipped = plan([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=out), {}, {})
+    assert not todo and "not made by this batch" in skipped[0].reason
+    todo, _ = plan([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=out, overwrite=True), {}, {})
     assert len(todo) == 1
 
 

@@ -97,6 +97,8 @@ def test_insightface_detector_routes_loads_and_maps_coordinates(pack):
 
 def test_auto_prefers_insightface_when_present(pack, tmp_path):
     assert load_detector("auto", models_dir=pack).name == "insightface"
+    # insightface packs are non-commercial: a commercial user's "auto" passes them over.
+    assert load_detector("auto", models_dir=pack, commercial_only=True).name == "mtcnn"
     assert load_detector("auto", models_dir=tmp_path).name in ("mtcnn", "insightface", "facexlib")
 
 

@@ -40,16 +40,22 @@ def read_frame(path: Path, index: int) -> np.ndarray:
     raise AssertionError(f"{path} has no frame {index}")
 
 
-def matched(found, expected: int) -> tuple[int, int]:
-    """(true positives, false positives): a detection is false when its box overlaps another
-    better detection or when there are more detections than hand-counted faces."""
-    tp = min(len(found), expected)
-    return tp, len(found) - tp
+def match(faces, centres: list[list[float]]) -> tuple[int, list]:
+    """(hand-marked faces found, detections matching no hand-marked face). A detection finds a
+    face when the face's marked centre lies in its box; each detection finds at most one face."""
+    unused = list(faces)
+    found = 0
+    for x, y in centres:
+        hit = next((f for f in unused if f.box[0] <= x <= f.box[2] and f.box[1] <= y <= f.box[3]), None)
+        if hit is not None:
+            unused.remove(hit)
+            found += 1
+    return found, unused
 
 
 @pytest.mark.media
 def test_group_photos_recall_and_false_positives(detector, media_dir, artifacts_dir, capsys):
-    total, hits, false = 0, 0, 0
+    clear_total = clear_found = hard_total = hard_found = false = 0
     sheets = []
     for entry in GROUND_TRUTH["images"] + GROUND_TRUTH["video_frames"]:
         path = media_dir / entry["path"]
@@ -57,8 +63,13 @@ def test_group_photos_recall_and_false_positives(detector, media_dir, artifacts_
             pytest.skip(f"{path} missing")
         image = read_frame(path, entry["frame"]) if "frame" in entry else read_rgb(path)
         faces = detector.detect([image])[0]
-        tp, fp = matched(faces, entry["faces"])
-        total, hits, false = total + entry["faces"], hits + tp, false + fp
+        found_clear, rest = match(faces, entry["faces"])
+        found_hard, unmatched = match(rest, entry.get("hard", []))
+        clear_total += len(entry["faces"])
+        clear_found += found_clear
+        hard_total += len(entry.get("hard", []))
+        hard_found += found_hard
+        false += len(unmatched)
         for face in faces:
             assert face.kps5.shape == (5, 2) and face.kps5.dtype == np.float32
             x0, _, x1, _ = face.box
@@ -69,11 +80,13 @@ def test_group_photos_recall_and_false_positives(detector, media_dir, artifacts_
         annotated = annotate(image, faces)
         scale = 480 / max(image.shape[:2])
         sheets.append(cv2.resize(annotated, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA))
-    recall = hits / total
+    recall = clear_found / clear_total
     with capsys.disabled():
-        print(f"\n[mtcnn] group photos: recall {hits}/{total} = {recall:.3f}, false positives {false}")
-    assert recall >= 0.9
-    assert false <= 1
+        print(f"\n[mtcnn] group photos: clearly visible faces found {clear_found}/{clear_total} = {recall:.3f}; "
+              f"hard faces {hard_found}/{hard_total}; all {clear_found + hard_found}/{clear_total + hard_total}; "
+              f"false positives {false}")
+    assert recall == 1.0
+    assert false == 0
     canvas = np.full((max(s.shape[0] for s in sheets), sum(s.shape[1] for s in sheets), 3), 0, np.uint8)
     x = 0
     for s in sheets:

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from test_render_fixtures import (
+    ellipse_mask,
+    face_points,
+    identity_restore,
+    moving_track,
+    textured_frames,
+    tint_restore,
+)
 
 from iconface_video.faces.align import estimate_affine, images_to_tensor, warp_faces
-from iconface_video.render.blend import colour_correction, face_change, is_greyscale, paste
+from iconface_video.render.blend import (
+    colour_correction,
+    face_change,
+    is_greyscale,
+    paste,
+)
 from iconface_video.render.engine import FaceEngine
 from iconface_video.render.plan import plan_faces
 from iconface_video.render.temporal import TemporalSettings
-from test_render_fixtures import (ellipse_mask, face_points, identity_restore, moving_track, textured_frames,
-                                  tint_restore)
 
 SIZE = 64
 

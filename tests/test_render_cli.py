@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_render_fixtures import (
+    make_analysis,
+    textured_frames,
+    tiny_restorer,
+    write_clip,
+)
 
 from iconface_video.analysis.schema import save_analysis
 from iconface_video.cli import main
 from iconface_video.io.reader import read_frames
-from test_render_fixtures import make_analysis, textured_frames, tiny_restorer, write_clip
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_render_fixtures import (
+    ellipse_mask,
+    make_analysis,
+    textured_frames,
+    tiny_restorer,
+    write_clip,
+)
 
 from iconface_video.analysis.schema import save_analysis
 from iconface_video.io.reader import read_frames
 from iconface_video.render.render import RenderOptions, render_video
-from test_render_fixtures import ellipse_mask, make_analysis, textured_frames, tiny_restorer, write_clip
 
 N, CUT = 24, 10
 # Lossless so decoded pictures are exact whatever multithreaded x264 decides (see test_render_video).

@@ -5,9 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from iconface_video.render.temporal import TemporalSettings, TrackAverages, contiguous_runs, smooth_landmarks
 from test_render_fixtures import moving_track
+
+from iconface_video.render.temporal import (
+    TemporalSettings,
+    TrackAverages,
+    contiguous_runs,
+    smooth_landmarks,
+)
 
 
 def _kps(track):

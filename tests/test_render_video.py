@@ -14,6 +14,14 @@ import av
 import numpy as np
 import pytest
 import torch
+from test_render_fixtures import (
+    IdentityRestorer,
+    ellipse_mask,
+    make_analysis,
+    textured_frames,
+    tiny_restorer,
+    write_clip,
+)
 
 from iconface_video.analysis.schema import save_analysis
 from iconface_video.errors import InputError, UserError
@@ -22,8 +30,6 @@ from iconface_video.io.writer import EncodeSettings
 from iconface_video.pipeline import JobSettings, run_job
 from iconface_video.render.blend import is_greyscale
 from iconface_video.render.render import RenderOptions, render_video
-from test_render_fixtures import (IdentityRestorer, ellipse_mask, make_analysis, textured_frames, tiny_restorer,
-                                  write_clip)
 
 N, CUT = 16, 8
 # Multithreaded x264 is not deterministic here (the same frames encoded twice decode to

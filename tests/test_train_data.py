@@ -10,8 +10,15 @@ import pytest
 
 from iconface_video.errors import UserError
 from iconface_video.train import degrade as D
-from iconface_video.train.data import (FaceSampler, RefSchedule, load_features, pick_references, save_features,
-                                       scan_identities, split_identities)
+from iconface_video.train.data import (
+    FaceSampler,
+    RefSchedule,
+    load_features,
+    pick_references,
+    save_features,
+    scan_identities,
+    split_identities,
+)
 
 
 def make_identity_folder(root: Path, people: int = 3, per_person: int = 5, size: int = 32) -> Path:
@@ -85,7 +92,7 @@ def test_split_is_identity_disjoint_and_checked(tmp_path):
     ids = scan_identities(make_identity_folder(tmp_path / "ids", people=4))
     train, held = split_identities(ids, ["person1", "person3"])
     assert train.people == ("person0", "person2") and held.people == ("person1", "person3")
-    assert not set(q for ps in train.paths for q in ps) & set(q for ps in held.paths for q in ps)
+    assert not {q for ps in train.paths for q in ps} & {q for ps in held.paths for q in ps}
     with pytest.raises(UserError, match="nobody"):
         split_identities(ids, ["nobody"])
 

@@ -8,13 +8,19 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from test_train_data import make_identity_folder
+from test_train_trainer import MICRO_CORE
 
 from iconface_video.cli import main
 from iconface_video.train import degrade as D
-from iconface_video.train.evaluate import RECORD_KEYS, bicubic_unsharp, build_cases, psnr, ssim
 from iconface_video.train.data import scan_identities
-from test_train_data import make_identity_folder
-from test_train_trainer import MICRO_CORE
+from iconface_video.train.evaluate import (
+    RECORD_KEYS,
+    bicubic_unsharp,
+    build_cases,
+    psnr,
+    ssim,
+)
 
 
 @pytest.fixture()
@@ -57,7 +63,7 @@ def test_eval_without_model_and_bad_bucket(tmp_path, capsys):
 
 def test_cases_are_reproducible_and_references_exclude_the_target(tmp_path):
     ids = scan_identities(make_identity_folder(tmp_path / "held", people=2, per_person=5))
-    kw = dict(buckets=D.BUCKETS, per_person=3, k_refs=4, seed=5, crop_size=32, template="arcface")
+    kw = {"buckets": D.BUCKETS, "per_person": 3, "k_refs": 4, "seed": 5, "crop_size": 32, "template": "arcface"}
     a, b = build_cases(ids, **kw), build_cases(ids, **kw)
     assert len(a) == 2 * 3 * 3
     for x, y in zip(a, b):

@@ -15,11 +15,11 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
+from test_train_data import make_identity_folder
 
 from iconface_video.errors import UserError
 from iconface_video.train.config import TrainConfig, load_train_config
 from iconface_video.train.trainer import lr_at, read_log, train
-from test_train_data import make_identity_folder
 
 MICRO_CORE = {
     "version": 1, "name": "micro", "crop_size": 32, "ref_size": 16, "patch": 8, "template": "arcface",
@@ -101,9 +101,15 @@ def test_torchrun_two_cpu_processes(setup):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "iconface_video", "train", "--config", str(cfg_path), "--data", str(data), "--out", str(tmp / "ddp")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     log = read_log(tmp / "ddp" / "log.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3]
     assert all(r["world"] == 2 and r["samples"] == r["step"] * 2 * 2 for r in log)
     assert (tmp / "ddp" / "checkpoints" / "step_0000003" / "restorer.safetensors").is_file()
+
+
+def test_loader_workers_give_the_same_batches(setup):
+    tmp, data, cfg = setup
+    short = cfg.replace(steps=3)
+    assert _losses(train(short, data, tmp / "inline")) == _losses(train(short.replace(workers=2), data, tmp / "workers"))

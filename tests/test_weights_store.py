@@ -54,7 +54,7 @@ def test_catalogue_is_complete_and_honest_about_licences():
 
 
 def test_embedded_models_verify_against_their_checksums():
-    for name in ("mtcnn", "dlib-resnet"):
+    for name in ("mtcnn", "dlib-resnet", "dlib-mmod"):
         checks = verify(get_model(name))
         assert [c.status for c in checks] == ["ok"] * len(checks), checks
 
@@ -211,6 +211,6 @@ def test_models_cli_list_verify_and_fetch_messages(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "missing" in captured.out and "models fetch" in captured.err
     assert run_cli(["models", "fetch", "adaface-ir101"]) == 2
-    assert "has no download" in capsys.readouterr().err
+    assert "has no download URL: download it from https://github.com/mk-minchul/AdaFace" in capsys.readouterr().err
     assert run_cli(["models", "fetch", "no-such-model"]) == 2
     assert "unknown model" in capsys.readouterr().err

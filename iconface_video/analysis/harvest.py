@@ -46,7 +46,7 @@ class HarvestSettings:
     crop_scale: float = 2.0  # loose crop side = this x the face box's longer side
     max_crop_side: int = 512  # larger crops are downscaled (the restorer works at <= 512)
     min_eye_distance: float = 10.0  # smaller faces never become references
-    sharpness_scale: float = 60.0  # band-pass variance giving sharpness 0.5
+    sharpness_scale: float = 300.0  # Laplacian variance (224 crop) giving sharpness 0.5: clean faces 300-1300, blurred 5-120
     same_similarity: float = 0.91  # cosine to the centroid at which agreement is 0.5
     reject_similarity: float = 0.85  # ... and below which agreement is 0 (someone else)
     # Weights of the geometric mean; identity_norm's applies only where the encoder gives one.
@@ -118,15 +118,16 @@ def sharpness_term(aligned: np.ndarray, scale: float, native: NativeQuality | No
 
     Detail is the Laplacian variance inside the face. Grain and block edges also have high
     Laplacian energy but are not detail a restorer can use, so the score is divided down by the
-    face's native noise (beyond a film-grain floor of 4) and blockiness (beyond 1.15).
+    face's native noise (beyond a film-grain floor of 4) and blockiness (beyond 1.3: well-made
+    JPEG photos measure up to ~1.27, JPEG at quality 15 measures 1.7-3.5).
     """
     grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY).astype(np.float32)
     margin = grey.shape[0] // 8  # measure inside the face: the corners are background or padding
     inner = grey[margin:-margin, margin:-margin]
     detail = float(cv2.Laplacian(inner, cv2.CV_32F, ksize=1).var())
     native = native or NativeQuality(noise_sigma(inner), 1.0)
-    noise_discount = 1.0 / (1.0 + (max(native.noise - 4.0, 0.0) / 6.0) ** 2)
-    block_discount = 1.0 / (1.0 + (max(native.blockiness - 1.15, 0.0) / 0.25) ** 2)
+    noise_discount = 1.0 / (1.0 + (max(native.noise - 4.0, 0.0) / 5.0) ** 2)
+    block_discount = 1.0 / (1.0 + (max(native.blockiness - 1.3, 0.0) / 0.3) ** 2)
     return float(detail / (detail + scale) * noise_discount * block_discount)
 
 

@@ -132,12 +132,12 @@ def _write_atomic(path: Path, records: Mapping[str, FileRecord]) -> None:
 
 @contextlib.contextmanager
 def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an advisory lock on ``<manifest>.lock`` for one read-modify-write."""
+    """Hold an advisory lock on ``.<manifest>.lock`` (hidden beside it) for one read-modify-write."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if fcntl is None:  # pragma: no cover
         yield
         return
-    with open(path.with_name(path.name + ".lock"), "a") as handle:
+    with open(path.with_name(f".{path.name}.lock"), "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

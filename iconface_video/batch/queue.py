@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol
 
 from iconface_video.batch import locks
 from iconface_video.batch.manifest import FileRecord, manifest_path, read_manifest, set_state, update_manifest
-from iconface_video.errors import InputError, UserError
+from iconface_video.errors import InputError, OutputError, UserError
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".wmv",
                   ".flv", ".nut")
@@ -151,8 +151,17 @@ def models_in_use(models_dir: str | Path | None = None) -> dict[str, str]:
     return {m.name: (m.files[0].sha256 or "unpinned") for m in MODELS if is_present(m, models_dir)}
 
 
-def plan(inputs: Sequence[Path], options: BatchOptions, settings: dict[str, Any], models: dict[str, str],
-         emit: Emit) -> tuple[list[FileRecord], Summary]:
+@dataclass(frozen=True)
+class Skip:
+    """An input this run leaves alone, and why."""
+
+    input: Path
+    output: Path
+    reason: str
+
+
+def plan(inputs: Sequence[Path], options: BatchOptions, settings: dict[str, Any],
+         models: dict[str, str]) -> tuple[list[FileRecord], list[Skip]]:
     """Decide for each input whether it must be (re)done; writes the new entries to the manifest.
 
     Skips what is done with the same settings and still present; redoes what failed (unless
@@ -160,7 +169,6 @@ def plan(inputs: Sequence[Path], options: BatchOptions, settings: dict[str, Any]
     what changed settings; refuses to replace an output this batch did not make unless
     ``overwrite``. Two inputs with the same file name would write the same output: an error.
     """
-    summary = Summary()
     out_dir = options.out_dir
     by_name: dict[str, Path] = {}
     for path in inputs:
@@ -172,6 +180,7 @@ def plan(inputs: Sequence[Path], options: BatchOptions, settings: dict[str, Any]
             raise InputError(f"{path}: the output folder is the input's folder; choose another with -o")
     existing = read_manifest(manifest_path(out_dir))
     todo: list[FileRecord] = []
+    skipped: list[Skip] = []
     for path in inputs:
         output = output_for(path, out_dir)
         key = output.name
@@ -180,14 +189,13 @@ def plan(inputs: Sequence[Path], options: BatchOptions, settings: dict[str, Any]
                          attempts=record.attempts if record else 0)
         reason = _skip_reason(record, new, output, options)
         if reason is not None:
-            summary.skipped[key] = reason
-            emit("file_skipped", file=str(path), output=str(output), reason=reason)
+            skipped.append(Skip(path, output, reason))
             continue
         todo.append(new)
     # Only new inputs are written now; a failed or interrupted entry keeps its state and reason
     # until a worker actually takes it up again.
     update_manifest(manifest_path(out_dir), {Path(r.output).name: r for r in todo if Path(r.output).name not in existing})
-    return todo, summary
+    return todo, skipped
 
 
 def _skip_reason(record: FileRecord | None, new: FileRecord, output: Path, options: BatchOptions) -> str | None:
@@ -298,10 +306,11 @@ class _PipeWriter(io.TextIOBase):
         return len(text)
 
 
-def _worker_main(spec: WorkerSpec, settings: Any, conn: Any) -> None:
-    """A local worker process: run the items received on ``conn`` until ``None``; report on it."""
-    # Before anything imports torch: CUDA then sees only this worker's device, and torch's
-    # thread pool takes its size from OMP_NUM_THREADS.
+def _worker_main(spec: WorkerSpec, conn: Any) -> None:
+    """A local worker process: receive the job settings, then run items from ``conn`` until ``None``."""
+    # First of all, so CUDA sees only this worker's device and torch sizes its thread pool from
+    # OMP_NUM_THREADS. The settings come over the pipe, not as an argument, because unpickling
+    # them imports the pipeline, which must happen after this.
     os.environ.update(spec.env)
     _exit_with_parent()
     # Ctrl-C reaches the whole process group; the driver decides (it stops the workers itself),
@@ -309,6 +318,7 @@ def _worker_main(spec: WorkerSpec, settings: Any, conn: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from iconface_video.progress import Progress
 
+    settings = conn.recv()
     while (item := conn.recv()) is not None:
         conn.send(("start", item, spec.name))
         progress = Progress(json_lines=True, json_out=_PipeWriter(conn, item, spec.name))
@@ -361,10 +371,11 @@ class LocalBackend:
 
     def _start(self, spec: WorkerSpec) -> None:
         ours, theirs = self._ctx.Pipe()
-        process = self._ctx.Process(target=_worker_main, args=(spec, self._settings, theirs),
+        process = self._ctx.Process(target=_worker_main, args=(spec, theirs),
                                     name=f"iconface-batch-{spec.name}", daemon=True)
         process.start()
         theirs.close()  # so that the worker's death reads as end-of-file here
+        ours.send(self._settings)
         self._workers[spec.name] = (process, ours)
 
     def pids(self) -> dict[str, int]:
@@ -623,11 +634,20 @@ class Driver:
 def run_batch(inputs: Sequence[Path], settings: Any, options: BatchOptions, backend_factory: Callable[[], Backend],
               emit: Emit, models: dict[str, str] | None = None) -> Summary:
     """Plan, run and summarise one batch; ``backend_factory`` is called only if there is work."""
-    options.out_dir.mkdir(parents=True, exist_ok=True)
+    from iconface_video.io.writer import check_output_folder
+
+    try:
+        options.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{options.out_dir}: cannot create the output folder ({error.strerror})") from None
+    check_output_folder(manifest_path(options.out_dir))
     models = models_in_use() if models is None else models
-    records, summary = plan(inputs, options, settings_json(settings, options.split_shots), models, emit)
-    emit("batch_start", files=len(inputs), todo=len(records), skipped=len(summary.skipped),
+    records, skipped = plan(inputs, options, settings_json(settings, options.split_shots), models)
+    emit("batch_start", files=len(inputs), todo=len(records), skipped=len(skipped),
          output_dir=str(options.out_dir), manifest=str(manifest_path(options.out_dir)))
+    summary = Summary(skipped={skip.output.name: skip.reason for skip in skipped})
+    for skip in skipped:
+        emit("file_skipped", file=str(skip.input), output=str(skip.output), reason=skip.reason)
     if records:
         result = Driver(records, settings, options, backend_factory(), emit).run()
         result.skipped = {**summary.skipped, **result.skipped}

@@ -7,10 +7,10 @@ called ``ray.init`` (a notebook, a test) is used as it is.
 
 Each item is one task asking for ``num_gpus=1`` where the cluster has GPUs (Ray then sets the
 task's ``CUDA_VISIBLE_DEVICES``), else ``num_cpus=1``. The driver (this process) keeps the
-manifest and lock files and does the final joins, so the output folder must be one shared
-filesystem path on every node (NFS, a cluster filesystem); results then land there exactly as
-in a local run. Per-frame progress stays on the workers; the driver reports each item's start
-and end.
+manifest and lock files and does the final joins, so the inputs and the output folder must be
+the same paths on every node (NFS, a cluster filesystem), and every node needs the same
+iconface-video installed; results then land in the folder exactly as in a local run. Per-frame
+progress stays on the workers; the driver reports each item's start and end.
 """
 
 from __future__ import annotations

@@ -22,8 +22,10 @@ ENCODE_OPTIONS = ("codec", "crf", "preset", "pix_fmt", "segment_frames")
 
 
 def _shared_options(function):
-    for param in reversed([p for p in run_command.params if p.name in ENCODE_OPTIONS]):
-        function.__click_params__ = [*getattr(function, "__click_params__", []), param]
+    """Attach the main command's encode options (the same click objects, so help and checks match)."""
+    # click reverses the decorator-collected list when it builds the command, hence reversed().
+    function.__click_params__ = [*getattr(function, "__click_params__", []),
+                                 *reversed([p for p in run_command.params if p.name in ENCODE_OPTIONS])]
     return function
 
 
@@ -101,7 +103,7 @@ def command(inputs: tuple[str, ...], output_dir: Path, workers: int | None, devi
     failed and resumes what was interrupted. One bad file never stops the batch; the exit code
     is 1 if any file failed.
     """
-    from iconface_video.batch.queue import BatchOptions, LocalBackend, run_batch, worker_specs
+    from iconface_video.batch.queue import BatchOptions, LocalBackend, expand_inputs, run_batch, worker_specs
     from iconface_video.io.writer import EncodeSettings
     from iconface_video.pipeline import JobSettings
 
@@ -109,8 +111,6 @@ def command(inputs: tuple[str, ...], output_dir: Path, workers: int | None, devi
         raise UserError("--ray runs on the cluster's resources; leave out --workers and --devices")
     if workers is not None and devices is not None:
         raise UserError("give either --workers (CPU processes) or --devices (one worker per GPU), not both")
-    from iconface_video.batch.queue import expand_inputs
-
     paths = expand_inputs(inputs)
     settings = JobSettings(encode=EncodeSettings(**encode))
     options = BatchOptions(out_dir=output_dir.resolve(), split_shots=split_shots, min_task_frames=min_task_frames,

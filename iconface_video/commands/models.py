@@ -50,7 +50,7 @@ def fetch_models(names: tuple[str, ...], models_dir: Path | None) -> None:
         if not model.commercial_use:
             click.echo(f"note: {model.name} is licensed {model.licence}", err=True)
         if not (model.archive or any(f.urls for f in model.files)):
-            raise UserError(f"{name} has no download: {model.description}; put its files in --models-dir")
+            raise UserError(f"{name} has no download URL: {model.obtain}; then put its files in --models-dir")
         for path in fetch(model, models_dir):
             click.echo(f"fetched {path}")
         for check in verify(model, models_dir):

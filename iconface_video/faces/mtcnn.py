@@ -257,8 +257,10 @@ def run_cascade(
     boxes = _square(_regress(boxes[keep], reg[keep]))
     image_idx = image_idx[keep]
 
-    # Stage 2: R-net on 24x24 crops of every candidate of every image at once.
-    out_reg, prob = rnet(_normalise(_crops(images, boxes, image_idx, 24)))
+    # Stage 2: R-net on 24x24 crops of every candidate of every image at once. Candidates run
+    # to thousands on crowded frames; 2x2 taps per cell are enough for a yes/no at 24 px and
+    # cut this stage's crop time by ~4x (O-net's points keep 4x4).
+    out_reg, prob = rnet(_normalise(_crops(images, boxes, image_idx, 24, samples=2)))
     passed = prob > t2
     boxes, scores, image_idx, out_reg = boxes[passed], prob[passed], image_idx[passed], out_reg[passed]
     if boxes.numel() == 0:

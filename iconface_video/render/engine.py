@@ -29,7 +29,12 @@ import numpy as np
 import torch
 
 from iconface_video.faces.align import images_to_tensor, warp_faces
-from iconface_video.render.blend import border_taper, colour_correction, face_change, paste
+from iconface_video.render.blend import (
+    border_taper,
+    colour_correction,
+    face_change,
+    paste,
+)
 from iconface_video.render.plan import FaceJob, RenderPlan
 from iconface_video.render.temporal import TemporalSettings, TrackAverages
 from iconface_video.types import Frame

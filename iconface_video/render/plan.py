@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from iconface_video.errors import UserError
 from iconface_video.faces.align import estimate_affine, template, transform_points
 from iconface_video.render.temporal import TemporalSettings, smooth_landmarks
 from iconface_video.types import Identity, Track
@@ -75,8 +76,6 @@ def select_tracks(
     """
     if wanted is None:
         return list(tracks), 0
-    from iconface_video.errors import UserError
-
     by_key: dict[str, int] = {}
     for identity in identities:
         by_key[str(identity.id)] = identity.id

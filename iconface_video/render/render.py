@@ -19,7 +19,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +34,15 @@ from iconface_video.io.transcode import segment_ranges
 from iconface_video.io.writer import EncodeSettings
 from iconface_video.progress import Progress
 from iconface_video.render.engine import FaceEngine, MaskFn
-from iconface_video.render.interlace import FieldInfo, deinterlace, detect_interlace
-from iconface_video.render.plan import RenderPlan, plan_faces, select_tracks
+from iconface_video.render.interlace import deinterlace, detect_interlace
+from iconface_video.render.plan import plan_faces, select_tracks
 from iconface_video.render.report import RenderReport, StillCollector, identity_label
-from iconface_video.render.restore import BatchRestorer, TrackReferences, align_references, with_features
+from iconface_video.render.restore import (
+    BatchRestorer,
+    TrackReferences,
+    align_references,
+    with_features,
+)
 from iconface_video.render.temporal import TemporalSettings
 from iconface_video.types import Frame
 
@@ -148,7 +153,7 @@ def parse_position(text: str | None, timestamps: list[int], time_base, *, option
             hours, minutes, seconds = match.groups()
             seconds_total = int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
         else:
-            seconds_total = float(value[:-1] if value.endswith("s") else value)
+            seconds_total = float(value.removesuffix("s"))
         if seconds_total < 0:
             raise ValueError
     except ValueError:
@@ -158,6 +163,23 @@ def parse_position(text: str | None, timestamps: list[int], time_base, *, option
     first = timestamps[0]
     times = (np.asarray(timestamps, dtype=np.float64) - first) * float(time_base)
     return int(np.searchsorted(times, seconds_total - 1e-6))
+
+
+def frame_range(input_path: str | os.PathLike, start: str | None, end: str | None,
+                info: VideoInfo | None = None) -> tuple[int, int | None]:
+    """``--start``/``--end`` as frame indices ``(start, end or None)`` of ``input_path``.
+
+    The main command can analyse just this range (``AnalyzeSettings(start=..., end=...)``).
+    """
+    if start is None and end is None:
+        return 0, None
+    info = info or probe(input_path)
+    stamps = frame_timestamps(input_path)
+    first = parse_position(start, stamps, info.video.time_base, option="--start") or 0
+    last = parse_position(end, stamps, info.video.time_base, option="--end")
+    if last is not None and last <= first:
+        raise UserError(f"--end ({end}) must come after --start ({start or 0})")
+    return first, last
 
 
 def resolve_device(device: str) -> torch.device:
@@ -381,12 +403,7 @@ def render_video(
     timings["load_model"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    stamps = frame_timestamps(input_path) if (options.start or options.end) else []
-    time_base = info.video.time_base
-    start = parse_position(options.start, stamps, time_base, option="--start") or 0
-    end = parse_position(options.end, stamps, time_base, option="--end")
-    if end is not None and end <= start:
-        raise UserError(f"--end ({options.end}) must come after --start ({options.start or 0})")
+    start, end = frame_range(input_path, options.start, options.end, info)
     names = {i.id: identity_label(i) for i in analysis.identities}
     tracks, left_out = select_tracks(analysis.tracks, analysis.identities, options.identities)
     temporal = TemporalSettings.from_strength(options.temporal)
@@ -468,8 +485,13 @@ def _run_side_by_side_job(input_path: Path, output_path: Path, settings, process
 
     The same segmented, resumable encode as ``run_job``, with the encoder's width doubled.
     """
-    from iconface_video.io.transcode import contiguous_runs, encode_stream, finish, make_plan
     from iconface_video.io.reader import read_frames
+    from iconface_video.io.transcode import (
+        contiguous_runs,
+        encode_stream,
+        finish,
+        make_plan,
+    )
     from iconface_video.pipeline import JobResult, check_paths
 
     started = time.perf_counter()

@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from iconface_video.faces.align import invert_affine, transform_points
 from iconface_video.render.engine import StageTimes
 from iconface_video.render.plan import FaceJob, RenderPlan
 from iconface_video.types import Identity
@@ -28,8 +29,7 @@ def identity_label(identity: Identity) -> str:
 
 
 def _clip_box(job: FaceJob, half: float, height: int, width: int) -> tuple[int, int, int, int]:
-    from iconface_video.faces.align import invert_affine, transform_points
-
+    """A square of side ``2 * half`` around the face's landmarks, clipped to the frame."""
     points = transform_points(job.kps_crop[None], invert_affine(job.M[None]))[0]
     cx, cy = points.mean(axis=0)
     x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
@@ -61,7 +61,7 @@ def _png_data(image: np.ndarray, side: int = _STILL_SIDE) -> str:
     if scale != 1:
         image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
                            interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    _, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode()
 
 

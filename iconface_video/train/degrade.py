@@ -56,7 +56,7 @@ class DegradeParams:
 
 
 def _odd(n: float) -> int:
-    k = max(3, int(round(n)))
+    k = max(3, round(n))
     return k if k % 2 else k + 1
 
 
@@ -175,7 +175,7 @@ def apply(img: np.ndarray, p: DegradeParams, rng: np.random.Generator) -> Degrad
     else:
         k = gaussian_kernel(p.kernel_size, p.blur_sigma[0], p.blur_sigma[1], p.blur_angle)
     x = cv2.filter2D(x, -1, k, borderType=cv2.BORDER_REFLECT_101)
-    sw, sh = max(4, int(round(w / p.scale))), max(4, int(round(h / p.scale)))
+    sw, sh = max(4, round(w / p.scale)), max(4, round(h / p.scale))
     # Random interpolation per sample, as GFPGAN/Real-ESRGAN do, so the network cannot learn one kernel.
     interp = (cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC)[int(rng.integers(3))]
     x = cv2.resize(x, (sw, sh), interpolation=interp)
@@ -184,7 +184,7 @@ def apply(img: np.ndarray, p: DegradeParams, rng: np.random.Generator) -> Degrad
     x = np.clip(x, 0.0, 1.0)
     for i, q in enumerate(p.jpeg):
         if i == 1 and p.rescale2 != 1.0:
-            w2, h2 = max(4, int(round(sw * p.rescale2))), max(4, int(round(sh * p.rescale2)))
+            w2, h2 = max(4, round(sw * p.rescale2)), max(4, round(sh * p.rescale2))
             x = cv2.resize(cv2.resize(x, (w2, h2), interpolation=cv2.INTER_AREA), (sw, sh),
                            interpolation=cv2.INTER_LINEAR)
         x = jpeg(x, q)

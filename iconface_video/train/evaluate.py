@@ -28,7 +28,12 @@ import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from iconface_video.train import degrade as D
-from iconface_video.train.data import IdentitySet, load_crop, pick_references, template_warp
+from iconface_video.train.data import (
+    IdentitySet,
+    load_crop,
+    pick_references,
+    template_warp,
+)
 
 METHODS = ("input", "bicubic_unsharp", "model_noref", "model_ref")
 RECORD_KEYS = ("method", "bucket", "psnr", "ssim", "id_cos", "n")
@@ -216,7 +221,7 @@ def restorer_fn(restorer, *, steps: int, seed: int) -> RestoreFn:
     return restore
 
 
-def with_reference_features(cases: Sequence[Case], embed: EmbedFn, template: str) -> list[Case]:
+def with_reference_features(cases: Sequence[Case], embed: EmbedFn, template: str, dim: int) -> list[Case]:
     """Cases with ``ref_feat`` filled in; a photo's references are embedded once for all buckets."""
     import dataclasses
 
@@ -225,7 +230,7 @@ def with_reference_features(cases: Sequence[Case], embed: EmbedFn, template: str
     for c in cases:
         key = (c.person, c.image)
         if key not in memo:
-            memo[key] = embed_crops(c.refs, embed, template) if len(c.refs) else np.zeros((0, 128), np.float32)
+            memo[key] = embed_crops(c.refs, embed, template) if len(c.refs) else np.zeros((0, dim), np.float32)
         out.append(dataclasses.replace(c, ref_feat=memo[key]))
     return out
 
@@ -239,7 +244,7 @@ def evaluate(ids: IdentitySet, *, restorer=None, embed: EmbedFn | None = None, b
     cases = build_cases(ids, buckets=buckets, per_person=per_person, k_refs=k_refs, seed=seed,
                         crop_size=crop_size, template=template)
     if embed is not None and restorer is not None and restorer.config.id_encoder != "proxy":
-        cases = with_reference_features(cases, embed, template)
+        cases = with_reference_features(cases, embed, template, restorer.config.id_dim)
     restore = None if restorer is None else restorer_fn(restorer, steps=steps, seed=seed)
     outs = run_methods(cases, restore)
     return score(cases, outs, embed, template), cases, outs

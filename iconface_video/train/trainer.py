@@ -41,8 +41,18 @@ from torch.optim.swa_utils import AveragedModel
 
 from iconface_video.errors import UserError
 from iconface_video.train.config import TrainConfig
-from iconface_video.train.data import (FaceSampler, IdentitySet, RefSchedule, Sample, compute_features,
-                                       load_features, reference_pool, save_features, scan_identities, split_identities)
+from iconface_video.train.data import (
+    FaceSampler,
+    IdentitySet,
+    RefSchedule,
+    Sample,
+    compute_features,
+    load_features,
+    reference_pool,
+    save_features,
+    scan_identities,
+    split_identities,
+)
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -338,6 +348,7 @@ def train(cfg: TrainConfig, data: str | Path, run: str | Path, *, resume: bool =
     unchanged), after ``max_minutes``, or on SIGTERM/SIGINT, always with a checkpoint. ``resume``
     continues from ``RUN/checkpoints/latest`` (an error if there is none).
     """
+    from iconface_video.core.batch import sample_t
     from iconface_video.core.config import load_config
     from iconface_video.core.losses import LossWeights
     from iconface_video.core.model import IConFaceCore
@@ -403,8 +414,6 @@ def train(cfg: TrainConfig, data: str | Path, run: str | Path, *, resume: bool =
     try:
         for samples in batches(sampler, start, cfg.steps, cfg.batch_size, d, cfg.workers):
             g = step_generator(cfg.seed, step, d.rank)
-            from iconface_video.core.batch import sample_t
-
             t = sample_t(len(samples), core_config.t_mu, generator=g)
             noise = torch.randn(len(samples), 3, core_config.crop_size, core_config.crop_size, generator=g)
             batch = collate(samples, core_config, t=t, noise=noise, track_base=0).to(d.device)

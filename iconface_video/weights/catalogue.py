@@ -42,6 +42,7 @@ class Model:
     package: str | None = None
     archive: ModelFile | None = None
     subdir: str | None = None  # files live in <models dir>/<subdir>/ (insightface packs)
+    obtain: str = ""  # how to get the files when there is no download URL
 
     @property
     def embedded(self) -> bool:
@@ -57,9 +58,9 @@ MODELS: tuple[Model, ...] = (
         kind="detector",
         description="MTCNN face detector with 5 landmarks (from facenet-pytorch 2.6.0)",
         files=(
-            ModelFile("pnet.safetensors", sha256="db19f1562e145ac9dd6fed20937f94e703a317e7c762d6330c743d10d11f418c", size=27576),
-            ModelFile("rnet.safetensors", sha256="97738a479385269fd049bfc9a5c4016057b535c583fa40f87d4693b986409dc4", size=402016),
-            ModelFile("onet.safetensors", sha256="841dbf188ea85c8482d726fc90778376639157dcd88c526d070548f67d8276c5", size=1557880),
+            ModelFile("pnet.safetensors", sha256="4e50228ce1500048d78361e922c7a716e794ff54bb2a7db2181a0c274b91db8c", size=27568),
+            ModelFile("rnet.safetensors", sha256="bf623190fdd7b63953170e4c8262bc084f357789c2883877a38fe0be4c37f395", size=402000),
+            ModelFile("onet.safetensors", sha256="26db706d410e05c32d6c0f7b204ea18b6914a75448e866a96683da21515ea7b7", size=1557864),
         ),
         licence="MIT (Timothy Esler, facenet-pytorch)",
         commercial_use=True,
@@ -73,6 +74,19 @@ MODELS: tuple[Model, ...] = (
             "dlib_face_recognition_resnet_model_v1.dat",
             sha256="55533b28a95800a551ba546ba62fe69625c7e95a7061c338adffead08719da30",
             size=22466066,
+        ),),
+        licence="CC0 1.0 (Davis King)",
+        commercial_use=True,
+        package="face_recognition_models/models",
+    ),
+    Model(
+        name="dlib-mmod",
+        kind="detector",
+        description="dlib CNN (MMOD) face detector, used to double-check harvested references",
+        files=(ModelFile(
+            "mmod_human_face_detector.dat",
+            sha256="4cb19393e2fbaf2b1609a9319ad5386618c886a6234ec1b971f3e87c85d87fe6",
+            size=729940,
         ),),
         licence="CC0 1.0 (Davis King)",
         commercial_use=True,
@@ -135,6 +149,7 @@ MODELS: tuple[Model, ...] = (
         licence="MIT code; weights trained on WebFace (non-commercial research data)",
         commercial_use=False,
         subdir="adaface",
+        obtain="download it from https://github.com/mk-minchul/AdaFace (Google Drive links in its README)",
     ),
     Model(
         name="adaface-ir50",
@@ -144,6 +159,7 @@ MODELS: tuple[Model, ...] = (
         licence="MIT code; weights trained on MS1MV2 (non-commercial research data)",
         commercial_use=False,
         subdir="adaface",
+        obtain="download it from https://github.com/mk-minchul/AdaFace (Google Drive links in its README)",
     ),
     Model(
         name="restorer",
@@ -153,6 +169,7 @@ MODELS: tuple[Model, ...] = (
         licence="research-only: trained on faces112 (Glint360k-derived), non-commercial",
         commercial_use=False,
         embedded_dir="embedded/restorer",
+        obtain="reinstall iconface-video (it ships one) or train one with `iconface-video train`",
     ),
 )
 

@@ -88,11 +88,7 @@ def find_model_file(model: Model | str, file: str, models_dir: str | Path | None
     for path in candidate_paths(model, entry, models_dir):
         if path.is_file():
             return path
-    how = (
-        f"run `iconface-video models fetch {model.name}`"
-        if entry.urls or model.archive
-        else f"download it from the model's authors ({model.description})"
-    )
+    how = f"run `iconface-video models fetch {model.name}`" if entry.urls or model.archive else model.obtain
     raise MissingModelError(
         f"model file {file} ({model.name}) not found; put it at {install_path(model, entry, models_dir)} "
         f"or {how} (also searched --models-dir, $ICONFACE_MODELS, {user_cache_dir()})"
