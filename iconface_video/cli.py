@@ -73,7 +73,7 @@ def cli() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors become one line on stderr and a non-zero exit code."""
     try:
-        cli.main(args=argv, prog_name="iconface-video", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="iconface-video", standalone_mode=False)
     except UserError as error:
         click.echo(f"iconface-video: error: {error}", err=True)
         sys.exit(error.exit_code)
@@ -97,3 +97,6 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(1)
+    # Without standalone mode click returns a command's `ctx.exit(code)` instead of exiting.
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -92,7 +92,8 @@ def ranged_attention_reference(
         rows_out.append(q_idx.reshape(-1))
         values_out.append(o.transpose(1, 2).reshape(-1, heads, head_dim))
     out = torch.zeros(tq, heads, head_dim, dtype=cd, device=q.device)
-    out = out.index_put((torch.cat(rows_out),), torch.cat(values_out))
+    # .to(cd): under autocast SDPA returns the autocast dtype, not the compute dtype.
+    out = out.index_put((torch.cat(rows_out),), torch.cat(values_out).to(cd))
     return out.to(q.dtype)
 
 

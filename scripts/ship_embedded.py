@@ -1,20 +1,25 @@
-"""Evaluate a finished embedded run on the held-out people and ship its EMA weights into the package.
+"""Choose, evaluate and ship the embedded restorer.
 
-    python scripts/ship_embedded.py --run /work/runs/embedded-unified --stage1 /work/runs/embedded-noref \
-        --data ../shared/media/faces112 --steps 1 4
+    python scripts/ship_embedded.py --data ../shared/media/faces112 --stage1 RUNS/embedded-noref \
+        --candidates RUNS/embedded-unified RUNS/embedded-hinoise
 
-Writes iconface_video/weights/embedded/restorer/{iconface-restorer.safetensors,.json,MODEL_CARD.md},
-docs/embedded-loss.png (both stages) and docs/embedded-eval-grid.png, and the eval records as JSON
-beside the run (RUN/eval-steps<N>.json). The checkpoint shipped is the run's latest EMA export.
+1. Selection: each candidate run's latest EMA export, sampled with 1 and 4 steps, is scored (PSNR
+   of ``model_ref``, all buckets) on *validation* photos of the held-out people: photos that are
+   not among the evaluation photos. The best (run, steps) wins.
+2. Evaluation of the winner on the evaluation photos (seed 0, 12 per person, 3 buckets).
+3. Shipping: iconface_video/weights/embedded/restorer/iconface-restorer.{safetensors,json},
+   docs/embedded-loss.png (all stages of the winner's lineage), docs/embedded-eval-grid.png, and
+   RUN/eval.json + RUN/ship-summary.json beside the winning run. The model card is written by hand
+   from ship-summary.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
-import shutil
 import time
 from pathlib import Path
 
@@ -25,8 +30,18 @@ from iconface_video.core.checkpoint import load_checkpoint, save_checkpoint
 from iconface_video.core.restorer import Restorer
 from iconface_video.faces.embed import load_embedder
 from iconface_video.train import degrade as D
-from iconface_video.train.data import scan_identities
-from iconface_video.train.evaluate import evaluate, write_grid, write_json
+from iconface_video.train.data import IdentitySet, scan_identities
+from iconface_video.train.evaluate import (
+    build_cases,
+    choose_images,
+    evaluate,
+    restorer_fn,
+    run_methods,
+    score,
+    with_reference_features,
+    write_grid,
+    write_json,
+)
 from iconface_video.train.trainer import latest_checkpoint, read_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,56 +85,83 @@ def table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def validation_set(ids: IdentitySet, eval_per_person: int, seed: int) -> IdentitySet:
+    """The held-out people's photos minus the evaluation photos (so selection never sees them)."""
+    taken = {(p, i) for p, i in choose_images(ids, eval_per_person, seed)}
+    paths = tuple(tuple(q for i, q in enumerate(ps) if (p, i) not in taken) for p, ps in enumerate(ids.paths))
+    return dataclasses.replace(ids, paths=paths, frames=tuple(tuple(-1 for _ in ps) for ps in paths))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--run", type=Path, required=True)
+    ap.add_argument("--candidates", type=Path, nargs="+", required=True, help="run folders")
     ap.add_argument("--stage1", type=Path, default=None)
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--per-person", type=int, default=12)
-    ap.add_argument("--ship-steps", type=int, default=None, help="recommended sampling steps (default: best PSNR)")
+    ap.add_argument("--val-per-person", type=int, default=4)
+    ap.add_argument("--dest", type=Path, default=DEST, help="where the shipped checkpoint goes")
+    ap.add_argument("--docs", type=Path, default=REPO / "docs", help="where the loss and grid PNGs go")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-
-    folder = latest_checkpoint(args.run)
-    ckpt = folder / "restorer.safetensors"
-    model, side = load_checkpoint(ckpt)
-    split = json.loads((args.run / "split.json").read_text())
-    ids = scan_identities(args.data).subset(split["holdout"])
     embed = load_embedder("dlib").embed_aligned112
-    results = {}
-    for steps in args.steps:
-        t0 = time.time()
-        records, cases, outs = evaluate(ids, restorer=Restorer(model), embed=embed, per_person=args.per_person,
-                                        k_refs=4, seed=0, steps=steps)
-        meta = {"checkpoint": str(ckpt), "people": list(ids.people), "per_person": args.per_person, "k_refs": 4,
-                "steps": steps, "seed": 0, "seconds": round(time.time() - t0, 1)}
-        write_json(args.run / f"eval-steps{steps}.json", records, meta)
-        results[steps] = (records, cases, outs)
-        print(f"steps={steps}\n{table(records)}\n", flush=True)
+    split = json.loads((args.candidates[0] / "split.json").read_text())
+    ids = scan_identities(args.data).subset(split["holdout"])
 
-    def mean_psnr(records):
-        return np.mean([r["psnr"] for r in records if r["method"] == "model_ref"])
+    val = validation_set(ids, args.per_person, 0)
+    val_cases = build_cases(val, buckets=D.BUCKETS, per_person=args.val_per_person, k_refs=4, seed=1,
+                            crop_size=112, template="arcface")
+    val_cases = with_reference_features(val_cases, embed, "arcface", 128)
+    selection = []
+    for run in args.candidates:
+        ckpt = latest_checkpoint(run) / "restorer.safetensors"
+        model, _ = load_checkpoint(ckpt)
+        for steps in args.steps:
+            outs = run_methods(val_cases, restorer_fn(Restorer(model), steps=steps, seed=1))
+            recs = score(val_cases, outs, None, "arcface")
+            psnr_ref = float(np.mean([r["psnr"] for r in recs if r["method"] == "model_ref"]))
+            psnr_in = float(np.mean([r["psnr"] for r in recs if r["method"] == "input"]))
+            selection.append({"run": str(run), "checkpoint": str(ckpt), "steps": steps,
+                              "val_psnr_model_ref": round(psnr_ref, 4), "val_psnr_input": round(psnr_in, 4)})
+            print(selection[-1], flush=True)
+    best = max(selection, key=lambda r: r["val_psnr_model_ref"])
+    run, steps = Path(best["run"]), best["steps"]
+    model, side = load_checkpoint(Path(best["checkpoint"]))
 
-    best = args.ship_steps or max(results, key=lambda s: mean_psnr(results[s][0]))
-    records, cases, outs = results[best]
-    write_grid(REPO / "docs" / "embedded-eval-grid.png", cases, outs, rows_per_bucket=2)
+    t0 = time.time()
+    records, cases, outs = evaluate(ids, restorer=Restorer(model), embed=embed, per_person=args.per_person,
+                                    k_refs=4, seed=0, steps=steps)
+    meta = {"checkpoint": best["checkpoint"], "people": list(ids.people), "per_person": args.per_person,
+            "k_refs": 4, "steps": steps, "seed": 0, "seconds": round(time.time() - t0, 1)}
+    write_json(run / "eval.json", records, meta)
+    print(table(records), flush=True)
+    write_grid(args.docs / "embedded-eval-grid.png", cases, outs, rows_per_bucket=2)
+
     logs = []
     if args.stage1 is not None:
         logs.append(("stage 1: no references", read_log(args.stage1 / "log.jsonl")))
-    logs.append(("stage 2: unified references", read_log(args.run / "log.jsonl")))
-    plot_stages(logs, REPO / "docs" / "embedded-loss.png")
+    # The winner's lineage: stage 1, then the first candidate (stage 2) — up to the branch point
+    # when the winner was started from one of its checkpoints (stage 3) — then the winner.
+    init = side.get("training", {}).get("train_config", {}).get("init", "")
+    parent = args.candidates[0]
+    if run == parent:
+        logs.append(("stage 2: unified references", read_log(run / "log.jsonl")))
+    else:
+        cut = int(Path(init).name.split("_")[-1])
+        logs.append(("stage 2: unified references", [x for x in read_log(parent / "log.jsonl") if x["step"] <= cut]))
+        logs.append((f"stage 3: {run.name}", read_log(run / "log.jsonl")))
+    plot_stages(logs, args.docs / "embedded-loss.png")
 
     training = dict(side.get("training", {}))
-    training.update({"licence": LICENCE, "recommended_steps": best, "eval": records,
-                     "stage1_steps": logs[0][1][-1]["step"] if args.stage1 is not None else 0})
-    DEST.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(DEST / "iconface-restorer.safetensors", model, training)
-    summary = {"checkpoint_from": str(ckpt), "recommended_steps": best, "eval_by_steps": {s: r[0] for s, r in results.items()},
+    training.update({"licence": LICENCE, "recommended_steps": steps, "eval": records,
+                     "stage_steps": {name: (log[-1]["step"] if log else 0) for name, log in logs}})
+    args.dest.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(args.dest / "iconface-restorer.safetensors", model, training)
+    summary = {"chosen": best, "selection": selection, "eval_meta": meta, "eval": records,
+               "stage_steps": training["stage_steps"],
                "machine": f"{platform.machine()} {os.cpu_count()} CPUs (shared), torch {torch.__version__}"}
-    (args.run / "ship-summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps({k: v for k, v in summary.items() if k != "eval_by_steps"}, indent=2))
-    shutil.copy2(REPO / "docs" / "embedded-loss.png", args.run / "embedded-loss.png")
+    (run / "ship-summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("eval",)}, indent=2))
 
 
 if __name__ == "__main__":

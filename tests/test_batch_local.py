@@ -22,6 +22,11 @@ from iconface_video.io.writer import EncodeSettings
 from iconface_video.pipeline import JobSettings, run_job
 
 REPO = Path(__file__).resolve().parents[1]
+# Bit-for-bit comparisons encode with x264's ultrafast preset: with macroblock-tree rate control
+# (on in the default preset) x264's output varies from run to run on identical input (a timing
+# effect, seen even in one process; reported to the I/O area), so two plain single runs can differ.
+EXACT = ("--preset", "ultrafast")
+EXACT_SETTINGS = JobSettings(encode=EncodeSettings(preset="ultrafast"))
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def clips(tmp_path_factory):
 def reference(clips, tmp_path_factory):
     """What the main command writes for each clip, run in this single process."""
     out = tmp_path_factory.mktemp("single")
-    return {p.name: run_job(p, out / p.name, JobSettings()).output_path for p in clips[1]}
+    return {p.name: run_job(p, out / p.name, EXACT_SETTINGS).output_path for p in clips[1]}
 
 
 def _events(stdout: str) -> list[dict]:
@@ -55,7 +60,7 @@ def assert_same_video(a: Path, b: Path) -> None:
 def test_two_workers_match_single_runs_and_survive_a_corrupt_file(clips, reference, tmp_path):
     src, good, bad = clips
     out = tmp_path / "restored"
-    result = CliRunner().invoke(cli, ["batch", str(src / "*.mp4"), "-o", str(out), "--workers", "2", "--json"])
+    result = CliRunner().invoke(cli, ["batch", str(src / "*.mp4"), "-o", str(out), "--workers", "2", "--json", *EXACT])
     assert result.exit_code == 1, result.output  # one file failed
     events = _events(result.stdout)
     names = [e["event"] for e in events]
@@ -79,7 +84,7 @@ def test_two_workers_match_single_runs_and_survive_a_corrupt_file(clips, referen
 
     # A rerun redoes nothing that is done and retries the failure.
     mtimes = {p.name: (out / p.name).stat().st_mtime_ns for p in good}
-    again = CliRunner().invoke(cli, ["batch", str(src / "*.mp4"), "-o", str(out), "--workers", "2", "--json"])
+    again = CliRunner().invoke(cli, ["batch", str(src / "*.mp4"), "-o", str(out), "--workers", "2", "--json", *EXACT])
     assert again.exit_code == 1
     events = _events(again.stdout)
     assert events[0]["event"] == "batch_start" and (events[0]["todo"], events[0]["skipped"]) == (1, 3)
@@ -101,10 +106,10 @@ def test_human_output_ends_with_a_summary_of_failures(clips, tmp_path):
 @pytest.mark.slow  # two full batch processes, ~15-20 s on the loaded 2-core machine
 def test_kill_9_mid_batch_then_rerun_finishes_only_the_rest(tmp_path):
     src = tmp_path / "src"
-    clips = [make_clip(src / f"k{i}.mp4", frames=160, size=(160, 120), shots=(60,), seed=10 + i) for i in range(4)]
+    clips = [make_clip(src / f"k{i}.mp4", frames=240, size=(320, 240), shots=(60,), seed=10 + i) for i in range(4)]
     out = tmp_path / "out"
     command = [sys.executable, "-m", "iconface_video", "batch", str(src / "*.mp4"), "-o", str(out),
-               "--workers", "1", "--json", "--segment-frames", "8"]
+               "--workers", "1", "--json", "--segment-frames", "8", *EXACT]
     # A new session, so the kill takes the worker too, as a crash of the whole machine would.
     batch = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
                              start_new_session=True)
@@ -137,18 +142,10 @@ def test_kill_9_mid_batch_then_rerun_finishes_only_the_rest(tmp_path):
     assert after["k1.mp4"].attempts == 2
     assert {k: (out / k).stat().st_mtime_ns for k in done} == mtimes
     assert not [p for p in out.iterdir() if "iconface-work" in p.name], "work folders left behind"
-    # ... and matches an uninterrupted single run: same frames, pts and audio packets. Pixels are
-    # compared by PSNR, not bit for bit: with many segments, encode_stream's x264 output is not
-    # reproducible from one decode of the input to the next (reported to the I/O area), so two
-    # uninterrupted runs differ the same way.
-    single = run_job(clips[1], tmp_path / "k1.mp4", JobSettings(encode=EncodeSettings(segment_frames=8)))
-    pts_a, frames_a = video_frames(out / "k1.mp4")
-    pts_b, frames_b = video_frames(single.output_path)
-    assert pts_a == pts_b and len(frames_a) == 160
-    assert audio_packets(out / "k1.mp4") == audio_packets(single.output_path)
-    for a, b in zip(frames_a, frames_b, strict=True):
-        mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-        assert mse == 0 or 10 * np.log10(255**2 / mse) > 35
+    # ... and equals an uninterrupted single run frame for frame.
+    single = run_job(clips[1], tmp_path / "k1.mp4",
+                     JobSettings(encode=EncodeSettings(segment_frames=8, preset="ultrafast")))
+    assert_same_video(out / "k1.mp4", single.output_path)
 
 
 def test_a_worker_that_dies_fails_only_its_item_and_is_replaced(clips, tmp_path):
@@ -256,13 +253,13 @@ def test_conflicting_options_are_one_line_errors(clips, tmp_path, args, message)
 def test_encode_options_reach_the_job_and_a_change_redoes_done_files(clips, tmp_path):
     clip = clips[1][0]
     out = tmp_path / "out"
-    first = CliRunner().invoke(cli, ["batch", str(clip), "-o", str(out), "--crf", "40", "-q"])
+    first = CliRunner().invoke(cli, ["batch", str(clip), "-o", str(out), "--crf", "40", "-q", *EXACT])
     assert first.exit_code == 0, first.output
-    single = run_job(clip, tmp_path / "single.mp4", JobSettings(encode=EncodeSettings(crf=40)))
+    single = run_job(clip, tmp_path / "single.mp4", JobSettings(encode=EncodeSettings(crf=40, preset="ultrafast")))
     assert_same_video(out / clip.name, single.output_path)
     assert read_manifest(manifest_path(out))[clip.name].settings["encode"]["crf"] == 40
 
-    again = CliRunner().invoke(cli, ["batch", str(clip), "-o", str(out), "--crf", "20", "--json"])
+    again = CliRunner().invoke(cli, ["batch", str(clip), "-o", str(out), "--crf", "20", "--json", *EXACT])
     assert again.exit_code == 0
     assert [e["event"] for e in _events(again.stdout)].count("file_done") == 1
     record = read_manifest(manifest_path(out))[clip.name]

@@ -15,9 +15,13 @@ from click.testing import CliRunner
 
 from iconface_video.batch.manifest import manifest_path, read_manifest
 from iconface_video.cli import cli
+from iconface_video.io.writer import EncodeSettings
 from iconface_video.pipeline import JobSettings, run_job
 
 ray = pytest.importorskip("ray")
+# Bit-for-bit comparisons use x264's ultrafast preset; see EXACT in test_batch_local.py for why.
+EXACT = ("--preset", "ultrafast")
+EXACT_SETTINGS = JobSettings(encode=EncodeSettings(preset="ultrafast"))
 
 pytestmark = pytest.mark.slow  # Ray's start-up alone takes 5-15 s here
 
@@ -38,7 +42,7 @@ def test_ray_batch_matches_single_runs(ray_session, tmp_path):
     good = [make_clip(src / f"ep{i}.mp4", frames=20 + 4 * i, shots=(10,), seed=20 + i) for i in range(3)]
     make_corrupt(src / "broken.mp4")
     out = tmp_path / "restored"
-    result = CliRunner().invoke(cli, ["batch", str(src), "-o", str(out), "--ray", "auto", "--json"])
+    result = CliRunner().invoke(cli, ["batch", str(src), "-o", str(out), "--ray", "auto", "--json", *EXACT])
     assert result.exit_code == 1, result.output
     events = _events(result.stdout)
     done = [e for e in events if e["event"] == "file_done"]
@@ -48,7 +52,7 @@ def test_ray_batch_matches_single_runs(ray_session, tmp_path):
     assert manifest["ep0.mp4"].worker.startswith("ray ") and " pid " in manifest["ep0.mp4"].worker
     (tmp_path / "single").mkdir()
     for clip in good:
-        single = run_job(clip, tmp_path / "single" / clip.name, JobSettings())
+        single = run_job(clip, tmp_path / "single" / clip.name, EXACT_SETTINGS)
         pts_a, frames_a = video_frames(out / clip.name)
         pts_b, frames_b = video_frames(single.output_path)
         assert pts_a == pts_b
@@ -61,7 +65,7 @@ def test_split_at_shots_through_ray_equals_the_unsplit_run(ray_session, tmp_path
     clip = make_clip(tmp_path / "multi.mp4", frames=90, shots=cuts, seed=7)
     out = tmp_path / "restored"
     result = CliRunner().invoke(cli, ["batch", str(clip), "-o", str(out), "--ray", "auto", "--split-shots",
-                                      "--min-task-frames", "1", "--json"])
+                                      "--min-task-frames", "1", "--json", *EXACT])
     assert result.exit_code == 0, result.output
     events = _events(result.stdout)
     split = next(e for e in events if e["event"] == "file_split")
@@ -70,7 +74,7 @@ def test_split_at_shots_through_ray_equals_the_unsplit_run(ray_session, tmp_path
     assert sorted(e["frames"] for e in tasks) == [25, 30, 35]
     assert len({e["worker"] for e in tasks}) >= 1 and all(e["worker"].startswith("ray ") for e in tasks)
 
-    unsplit = run_job(clip, tmp_path / "unsplit.mp4", JobSettings())
+    unsplit = run_job(clip, tmp_path / "unsplit.mp4", EXACT_SETTINGS)
     pts_split, frames_split = video_frames(out / "multi.mp4")
     pts_whole, frames_whole = video_frames(unsplit.output_path)
     assert len(frames_split) == len(frames_whole) == 90
@@ -78,7 +82,7 @@ def test_split_at_shots_through_ray_equals_the_unsplit_run(ray_session, tmp_path
     assert audio_packets(out / "multi.mp4") == audio_packets(unsplit.output_path)
     assert len(audio_packets(out / "multi.mp4")) > 150
     # With the same segment boundaries a single run encodes the very same segments.
-    same_cuts = run_job(clip, tmp_path / "same-cuts.mp4", JobSettings(boundaries=cuts))
+    same_cuts = run_job(clip, tmp_path / "same-cuts.mp4", JobSettings(encode=EXACT_SETTINGS.encode, boundaries=cuts))
     assert all(np.array_equal(a, b) for a, b in zip(frames_split, video_frames(same_cuts.output_path)[1], strict=True))
     assert not [p for p in out.iterdir() if "iconface-work" in p.name]
 

@@ -13,7 +13,12 @@ import pytest
 import torch
 
 from iconface_video.errors import InputError
-from iconface_video.faces.align import align_crops, template
+from iconface_video.faces.align import (
+    align_crops,
+    estimate_affine,
+    template,
+    transform_points,
+)
 from iconface_video.faces.detect import load_detector, points_to_stored
 from iconface_video.faces.draw import annotate, contact_sheet, draw_template
 
@@ -95,6 +100,20 @@ def test_group_photos_recall_and_false_positives(detector, media_dir, artifacts_
     cv2.imwrite(str(artifacts_dir / "faces_group_detections.png"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
 
 
+def test_sample_photo_shipped_with_insightface(detector):
+    """Runs everywhere (no shared media): insightface's wheel ships a six-person photo."""
+    import importlib.util
+
+    for entry in GROUND_TRUTH["package_images"]:
+        spec = importlib.util.find_spec(entry["package"])
+        path = Path(next(iter(spec.submodule_search_locations))) / entry["path"]
+        if not path.is_file():
+            pytest.skip(f"{path} not in this {entry['package']} version")
+        faces = detector.detect([read_rgb(path)])[0]
+        found, unmatched = match(faces, entry["faces"])
+        assert found == len(entry["faces"]) and not unmatched
+
+
 @pytest.mark.media
 def test_eyes_land_on_the_arcface_template_of_faces112(detector, media_dir, artifacts_dir, capsys):
     """faces112 crops are ArcFace-aligned by their makers: our eyes should fall on the template."""
@@ -120,8 +139,13 @@ def test_eyes_land_on_the_arcface_template_of_faces112(detector, media_dir, arti
     assert detected >= 0.95
     errors = np.array(errors)
     median, within5, within10 = float(np.median(errors)), float((errors < 0.05).mean()), float((errors < 0.10).mean())
+    # The floor of this measurement: a 5-point similarity fit (how faces112 was aligned) leaves
+    # the eyes off the template by this much even with exact points (shown with ours).
+    fitted = transform_points(np.stack(points), estimate_affine(np.stack(points), "arcface", 112))
+    floor = float(np.median(np.linalg.norm(fitted[:, :2] - reference[:2], axis=2) / iod))
     with capsys.disabled():
-        print(f"\n[mtcnn] faces112 detected {len(kept)}/{len(crops)}; eye error / inter-ocular: median {median:.3f}, <5%: {within5:.2f}, <10%: {within10:.2f} (n={len(errors)})")
+        print(f"\n[mtcnn] template-fit residual of the eyes (floor): median {floor:.3f}")
+        print(f"[mtcnn] faces112 detected {len(kept)}/{len(crops)}; eye error / inter-ocular: median {median:.3f}, <5%: {within5:.2f}, <10%: {within10:.2f} (n={len(errors)})")
     # MTCNN's O-net sees faces at 48x48 (1 px there ~ 5% of the eye distance), and faces112 was
     # aligned with another detector's points, so the bar is the median, not every face.
     assert median < 0.08

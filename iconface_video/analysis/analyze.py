@@ -18,7 +18,6 @@ settings continues from there.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import json
 import os
 import shutil
@@ -56,7 +55,7 @@ from iconface_video.analysis.schema import (
 from iconface_video.analysis.shots import Boundary, ShotDetector, ShotSettings
 from iconface_video.analysis.track import Tracker, TrackRecord, TrackSettings, box_iou, obs_from_json, obs_to_json
 from iconface_video.errors import InputError, OutputError
-from iconface_video.types import FaceObs, Frame, Reference, Shot, Track
+from iconface_video.types import FaceObs, Frame, Reference, Shot
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

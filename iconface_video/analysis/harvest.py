@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -489,10 +489,3 @@ def load_verifier(models_dir: str | Path | None = None) -> FaceVerifier | None:
     if path is None or not Path(path).is_file():
         return None
     return FaceVerifier(dlib.cnn_face_detection_model_v1(str(path)))
-
-
-def with_agreement(terms: ReliabilityTerms, agreement: float, settings: HarvestSettings, uses_norm: bool) -> ReliabilityTerms:
-    """``terms`` with a new centroid agreement and the total recomputed."""
-    values = {name: getattr(terms, name) for name in TERM_NAMES}
-    values["centroid_agreement"] = agreement
-    return replace(terms, centroid_agreement=round(agreement, 4), total=round(total_score(values, settings, uses_norm), 4))

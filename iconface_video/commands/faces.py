@@ -64,7 +64,7 @@ def write_png(image: np.ndarray, target: Path) -> None:
 
 
 @click.command("faces")
-@click.argument("source", type=click.Path(path_type=Path))
+@click.argument("source", metavar="IMAGE_OR_VIDEO", type=click.Path(path_type=Path))
 @click.option("--frame", "frame_index", type=click.IntRange(min=0), default=0, show_default=True, help="Video frame to look at.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--embed", is_flag=True, help="Also print each identity embedding.")

@@ -20,10 +20,12 @@ import click
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint.")
 @click.option("--max-minutes", type=float, default=None, help="Stop (with a checkpoint) after this much wall time.")
 @click.option("--steps", type=int, default=None, help="Override the config's step count.")
+@click.option("--stop-at-step", type=int, default=None,
+              help="Stop (with a checkpoint) at this step without changing the schedule; --resume continues.")
 @click.option("--features", default=None, help="Precomputed identity features (.npz from a previous run).")
 @click.option("--init", "init", default=None, help="Start from this core checkpoint's weights (.safetensors).")
 def command(config: str, data: Path, out: Path | None, resume: bool, max_minutes: float | None,
-            steps: int | None, features: str | None, init: str | None) -> None:
+            steps: int | None, stop_at_step: int | None, features: str | None, init: str | None) -> None:
     """Train a restoration core; checkpoints, logs and loss curves go to the run folder."""
     from iconface_video.train.config import load_train_config
     from iconface_video.train.trainer import train
@@ -32,5 +34,5 @@ def command(config: str, data: Path, out: Path | None, resume: bool, max_minutes
     changes = {k: v for k, v in {"steps": steps, "features": features, "init": init}.items() if v is not None}
     cfg = cfg.replace(**changes)
     run = out or Path("runs") / Path(config).stem
-    train(cfg, data, run, resume=resume, max_minutes=max_minutes)
+    train(cfg, data, run, resume=resume, max_minutes=max_minutes, until_step=stop_at_step)
     click.echo(f"run folder: {run}")

@@ -252,18 +252,26 @@ def _warm_start(core, ema, path: Path) -> None:
     from iconface_video.core.checkpoint import load_checkpoint, read_sidecar
 
     if path.is_dir():
-        side = read_sidecar(path / "restorer.safetensors")
-        if side["config"] != core.config.to_dict():
-            raise UserError(f"{path} was trained with a different core config; it cannot start this run")
+        _check_same_network(read_sidecar(path / "restorer.safetensors")["config"], core.config.to_dict(), path)
         load_model(core, str(path / "model.safetensors"))
     elif path.is_file():
         donor, _ = load_checkpoint(path)
-        if donor.config != core.config:
-            raise UserError(f"{path} was trained with a different core config; it cannot start this run")
+        _check_same_network(donor.config.to_dict(), core.config.to_dict(), path)
         core.load_state_dict(donor.state_dict())
     else:
         raise UserError(f"init checkpoint not found: {path}")
     ema.module.load_state_dict(core.state_dict())
+
+
+# Core config fields that change the objective or the sampler but not the network: a warm start
+# may change them (e.g. a later stage that puts more weight on noisy times).
+_NOT_ARCHITECTURE = {"name", "t_mu", "time_shift", "t_min_velocity"}
+
+
+def _check_same_network(donor: dict, mine: dict, path: Path) -> None:
+    differ = sorted(k for k in set(donor) | set(mine) if k not in _NOT_ARCHITECTURE and donor.get(k) != mine.get(k))
+    if differ:
+        raise UserError(f"{path} has a different network ({', '.join(differ)}); it cannot start this run")
 
 
 def _prune(run: Path, keep: int) -> None:
@@ -502,9 +510,10 @@ def _check_run_folder(run: Path, cfg: TrainConfig, resume: bool) -> None:
         raise UserError(f"{run} already holds a training run; pass --resume to continue it or choose another --out")
 
 
-# Keys that may change when resuming (they do not alter the trajectory up to the resumed step).
+# Keys that may change when resuming: bookkeeping, or (init) only read when a run starts.
+# ``steps`` changes the learning-rate schedule from the resumed step on.
 _RESUME_MAY_CHANGE = {"steps", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints", "log_every",
-                      "plot_every", "threads", "workers"}
+                      "plot_every", "threads", "workers", "init"}
 
 
 class _StopFlag:

@@ -1,0 +1,105 @@
+"""Benchmark the analysis: throughput at 720p (detector every frame and every 4th) and peak memory
+for a short clip against a long one (the same real clip looped through PyAV into a temporary file).
+
+    python scripts/bench_analyze.py [--media ../shared/media] [--frames 60] [--loops 8] [--threads 1]
+
+Each measurement runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
+Prints one JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CLIP_720P = "src/KwaiVGI__LivePortrait/assets/examples/source/s18.mp4"  # 1280x720 talking head
+CLIP_SHORT = "src/jnjaby__KEEP/assets/examples/synthetic_1.mp4"  # 128x128, 265 frames
+
+
+def loop_clip(source: Path, target: Path, loops: int) -> int:
+    """Write ``source``'s video ``loops`` times over into ``target`` (H.264, constant rate); returns the frame count."""
+    import av
+
+    count = 0
+    with av.open(str(source)) as probe_src:
+        video = probe_src.streams.video[0]
+        rate, width, height = video.average_rate, video.width, video.height
+    with av.open(str(target), "w") as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast"}
+        for _ in range(loops):
+            with av.open(str(source)) as src:
+                for frame in src.decode(video=0):
+                    image = av.VideoFrame.from_ndarray(frame.to_ndarray(format="rgb24"), format="rgb24")
+                    image.pts = count  # the stream's time base is 1/rate: one tick per frame
+                    out.mux(stream.encode(image.reformat(format="yuv420p")))
+                    count += 1
+        out.mux(stream.encode(None))
+    return count
+
+
+def run_one(video: str, start: int | None, end: int | None, detect_every: int, threads: int) -> dict:
+    """One analysis in this process; returns timing and peak memory."""
+    import torch
+
+    torch.set_num_threads(threads)
+    from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video
+    from iconface_video.io.probe import probe
+
+    info = probe(video)
+    with tempfile.TemporaryDirectory() as folder:
+        settings = AnalyzeSettings(detect_every=detect_every, start=start, end=end, checkpoint_every=0)
+        began = time.perf_counter()
+        analysis = analyze_video(video, Path(folder) / "bench.iconface.json", settings)
+        elapsed = time.perf_counter() - began
+    frames = (end or info.frame_count) - (start or 0)
+    return {
+        "video": Path(video).name, "size": f"{info.video.width}x{info.video.height}", "frames": frames,
+        "detect_every": detect_every, "seconds": round(elapsed, 2), "fps": round(frames / elapsed, 3),
+        "tracks": len(analysis.tracks), "identities": len(analysis.identities),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def measure(args: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--one", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--media", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "media")
+    parser.add_argument("--frames", type=int, default=60, help="720p frames per throughput run")
+    parser.add_argument("--loops", type=int, default=8, help="how many times the long clip repeats the short one")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", choices=("throughput", "memory"), default=None)
+    parser.add_argument("--one", nargs=5, metavar=("VIDEO", "START", "END", "K", "THREADS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        video, start, end, k, threads = args.one
+        print(json.dumps(run_one(video, int(start) if start != "-" else None, int(end) if end != "-" else None,
+                                 int(k), int(threads))))
+        return
+    hd = str(args.media / CLIP_720P)
+    for k in (1, 4) if args.only != "memory" else ():
+        print(json.dumps({"measure": "throughput_720p", **measure([hd, "0", str(args.frames), str(k), str(args.threads)])}), flush=True)
+    if args.only == "throughput":
+        return
+    short = args.media / CLIP_SHORT
+    with tempfile.TemporaryDirectory() as folder:
+        long_clip = Path(folder) / "long.mp4"
+        frames = loop_clip(short, long_clip, args.loops)
+        print(json.dumps({"measure": "long_clip_written", "frames": frames}), flush=True)
+        for name, path in (("memory_short", short), ("memory_long", long_clip)):
+            print(json.dumps({"measure": name, **measure([str(path), "-", "-", "4", str(args.threads)])}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
