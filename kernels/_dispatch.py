@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:  # Triton ships with Linux torch wheels, but not with every build (macOS, some CPU wheels).
@@ -20,9 +22,11 @@ def use_triton(*tensors: torch.Tensor, force_reference: bool = False) -> bool:
     fp16/bf16/fp32 tensor (float64 takes the twin: it exists for gradcheck, not for speed).
 
     CPU tensors always take the twin: the Triton interpreter is a test tool, far too slow for work.
+    ``ICONFACE_KERNELS=reference`` in the environment forces the twins everywhere (debugging, or a
+    GPU whose Triton cannot compile the kernels).
     Index tensors (tables, row indices) are not checked: the kernels move them to the device.
     """
-    if force_reference or not TRITON_AVAILABLE:
+    if force_reference or not TRITON_AVAILABLE or os.environ.get("ICONFACE_KERNELS") == "reference":
         return False
     return all(t.is_cuda and t.dtype in KERNEL_DTYPES for t in tensors)
 

@@ -2,6 +2,7 @@
 for a short clip against a long one (the same real clip looped through PyAV into a temporary file).
 
     python scripts/bench_analyze.py [--media ../shared/media] [--frames 60] [--loops 8] [--threads 1]
+                                    [--device cpu|cuda] [--only throughput|memory]
 
 Each measurement runs in a fresh subprocess so its peak resident memory (ru_maxrss) is its own.
 Prints one JSON line per measurement.
@@ -45,7 +46,7 @@ def loop_clip(source: Path, target: Path, loops: int) -> int:
     return count
 
 
-def run_one(video: str, start: int | None, end: int | None, detect_every: int, threads: int) -> dict:
+def run_one(video: str, start: int | None, end: int | None, detect_every: int, threads: int, device: str) -> dict:
     """One analysis in this process; returns timing and peak memory."""
     import torch
 
@@ -55,14 +56,14 @@ def run_one(video: str, start: int | None, end: int | None, detect_every: int, t
 
     info = probe(video)
     with tempfile.TemporaryDirectory() as folder:
-        settings = AnalyzeSettings(detect_every=detect_every, start=start, end=end, checkpoint_every=0)
+        settings = AnalyzeSettings(detect_every=detect_every, start=start, end=end, checkpoint_every=0, device=device)
         began = time.perf_counter()
         analysis = analyze_video(video, Path(folder) / "bench.iconface.json", settings)
         elapsed = time.perf_counter() - began
     frames = (end or info.frame_count) - (start or 0)
     return {
         "video": Path(video).name, "size": f"{info.video.width}x{info.video.height}", "frames": frames,
-        "detect_every": detect_every, "seconds": round(elapsed, 2), "fps": round(frames / elapsed, 3),
+        "detect_every": detect_every, "device": device, "threads": threads, "seconds": round(elapsed, 2), "fps": round(frames / elapsed, 3),
         "tracks": len(analysis.tracks), "identities": len(analysis.identities),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -80,16 +81,17 @@ def main() -> None:
     parser.add_argument("--loops", type=int, default=8, help="how many times the long clip repeats the short one")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", choices=("throughput", "memory"), default=None)
-    parser.add_argument("--one", nargs=5, metavar=("VIDEO", "START", "END", "K", "THREADS"), help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="torch device for the detector (cpu, cuda)")
+    parser.add_argument("--one", nargs=6, metavar=("VIDEO", "START", "END", "K", "THREADS", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        video, start, end, k, threads = args.one
+        video, start, end, k, threads, device = args.one
         print(json.dumps(run_one(video, int(start) if start != "-" else None, int(end) if end != "-" else None,
-                                 int(k), int(threads))))
+                                 int(k), int(threads), device)))
         return
     hd = str(args.media / CLIP_720P)
     for k in (1, 4) if args.only != "memory" else ():
-        print(json.dumps({"measure": "throughput_720p", **measure([hd, "0", str(args.frames), str(k), str(args.threads)])}), flush=True)
+        print(json.dumps({"measure": "throughput_720p", **measure([hd, "0", str(args.frames), str(k), str(args.threads), args.device])}), flush=True)
     if args.only == "throughput":
         return
     short = args.media / CLIP_SHORT
@@ -98,7 +100,7 @@ def main() -> None:
         frames = loop_clip(short, long_clip, args.loops)
         print(json.dumps({"measure": "long_clip_written", "frames": frames}), flush=True)
         for name, path in (("memory_short", short), ("memory_long", long_clip)):
-            print(json.dumps({"measure": name, **measure([str(path), "-", "-", "4", str(args.threads)])}), flush=True)
+            print(json.dumps({"measure": name, **measure([str(path), "-", "-", "4", str(args.threads), args.device])}), flush=True)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,20 @@ def table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def stage_steps(stage1: Path | None, parent: Path, run: Path, init: str) -> dict[str, int]:
+    """Optimizer steps of each stage of the winner's lineage (from checkpoint names, not logs)."""
+    def last(folder: Path) -> int:
+        return int(latest_checkpoint(folder).name.split("_")[-1])
+
+    out = {"stage 1: no references": last(stage1)} if stage1 is not None else {}
+    if run == parent:
+        out["stage 2: unified references"] = last(run)
+    else:
+        out["stage 2: unified references"] = int(Path(init).name.split("_")[-1])
+        out[f"stage 3: {run.name}"] = last(run)
+    return out
+
+
 def validation_set(ids: IdentitySet, eval_per_person: int, seed: int) -> IdentitySet:
     """The held-out people's photos minus the evaluation photos (so selection never sees them)."""
     taken = {(p, i) for p, i in choose_images(ids, eval_per_person, seed)}
@@ -135,7 +149,7 @@ def main() -> None:
             "k_refs": 4, "steps": steps, "seed": 0, "seconds": round(time.time() - t0, 1)}
     write_json(run / "eval.json", records, meta)
     print(table(records), flush=True)
-    write_grid(args.docs / "embedded-eval-grid.png", cases, outs, rows_per_bucket=2)
+    write_grid(args.docs / "embedded-eval-grid.png", cases, outs, rows_per_bucket=1)
 
     logs = []
     if args.stage1 is not None:
@@ -154,7 +168,7 @@ def main() -> None:
 
     training = dict(side.get("training", {}))
     training.update({"licence": LICENCE, "recommended_steps": steps, "eval": records,
-                     "stage_steps": {name: (log[-1]["step"] if log else 0) for name, log in logs}})
+                     "stage_steps": stage_steps(args.stage1, parent, run, init)})
     args.dest.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.dest / "iconface-restorer.safetensors", model, training)
     summary = {"chosen": best, "selection": selection, "eval_meta": meta, "eval": records,

@@ -57,6 +57,7 @@ def test_references_crops_and_contact_sheets(hamilton):
         assert ref.embedding is not None and ref.embedding.shape == (128,)
         track = analysis.track(ref.reference.track)
         assert track.identity == ref.reference.identity
+        assert analysis.face_verified[ref.reference.identity] is True, "a second detector confirmed the face"
     sheets = sorted(refs_folder(out).glob("contact-identity*.png"))
     with_refs = {r.reference.identity for r in analysis.references}
     assert len(sheets) == len(with_refs)

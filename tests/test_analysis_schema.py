@@ -48,6 +48,7 @@ def make_analysis(tmp_path) -> Analysis:
         {"detect_every": 1, "models": {"detector": "mtcnn"}},
         {0: np.array([1, 0, 0, 0], np.float32)},
         {0: np.linspace(0.1, 0.9, 20).astype(np.float32)},
+        face_verified={0: True, 1: False},
     )
 
 
@@ -71,6 +72,7 @@ def test_round_trip_keeps_everything_the_render_stage_reads(tmp_path):
     assert sorted(t.id for t, _ in faces) == [0, 1] and all(o.frame_index == 10 for _, o in faces)
     assert loaded.faces_at(1000) == []
     assert loaded.shot_of(25).index == 1
+    assert loaded.face_verified == {0: True, 1: False}
     text = path.read_text()
     assert text.count("\n") > 40, "one observation per line: readable and diff-friendly"
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
@@ -101,6 +103,7 @@ def test_user_can_rename_merge_and_drop_a_reference(tmp_path):
     assert merged.identity(0).tracks == (0, 1, 2) and merged.identity(0).name == "Anna"
     assert {r.reference.identity for r in merged.references} == {0}
     assert {t.identity for t in merged.tracks} == {0}
+    assert merged.face_verified == {0: True}, "a merged identity is a face if either part was confirmed"
 
 
 @pytest.mark.parametrize("change, message", [

@@ -175,3 +175,25 @@ def test_video_tracks_become_identity_groups_with_frame_gaps(tmp_path):
     by_person = export_track_crops(iter(frames), tracks, tmp_path / "people", size=32, template="arcface",
                                    stride=2, by_identity=True)
     assert by_person.people == ("identity0000",)
+
+
+@pytest.mark.media
+def test_ordinary_photos_are_detected_and_aligned(media_dir, tmp_path):
+    src = tmp_path / "photos"
+    for person, names in {"obama": ["obama_small.jpg", "obama-240p.jpg"], "lin": ["lin-manuel-miranda.png"]}.items():
+        (src / person).mkdir(parents=True)
+        for n in names:
+            (src / person / n).symlink_to(media_dir / "src" / "ageitgey__face_recognition" / "examples" / n)
+    with pytest.raises(UserError, match="--align-to"):
+        scan_identities(src)
+    from iconface_video.train.data import align_photo_folder
+
+    ids = align_photo_folder(src, tmp_path / "aligned", template="arcface", size=112, detector="mtcnn")
+    assert ids.people == ("lin", "obama") and ids.size == 112 and [len(p) for p in ids.paths] == [1, 2]
+    # Aligned well, the two Obama photos are one person to the identity encoder, Lin another.
+    from iconface_video.faces.embed import load_embedder
+
+    crops = np.stack([cv2.imread(str(q))[..., ::-1] for ps in ids.paths for q in ps])
+    f = load_embedder("dlib").embed_aligned112(np.ascontiguousarray(crops))
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    assert f[1] @ f[2] > 0.9 > f[0] @ f[1]

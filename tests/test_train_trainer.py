@@ -89,9 +89,14 @@ def test_lr_schedule():
 
 
 def test_shipped_configs_load():
-    for name in ("tiny-cpu", "tiny-cpu-noref", "s256-gpu"):
+    from iconface_video.core.config import load_config
+
+    for name in ("tiny-cpu", "tiny-cpu-noref", "tiny-cpu-hinoise", "s256-gpu"):
         cfg = load_train_config(name)
         assert cfg.k_max >= 1 and len(cfg.holdout) >= 4
+        core = load_config(cfg.core)  # core YAMLs beside the training YAML resolve from any cwd
+        assert core.crop_size in (112, 256)
+    assert load_train_config("tiny-cpu-noref").p_no_ref == 1.0
 
 
 def test_torchrun_two_cpu_processes(setup):

@@ -530,13 +530,18 @@ def _assemble(stream: AnalysisStream, photos: list[PhotoFace], settings: Analyze
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     references: list[HarvestedReference] = []
+    face_verified: dict[int, bool | None] = {}
     for identity in identities:
         candidates = [c for t in identity.tracks for c in stream.pools.pools.get(t, [])]
         chosen_photos = _photo_references(identity, [p for p in photos if name_to_id.get(p.name) == identity.id],
                                           harvest, staging, final_dir)
         room = settings.max_refs - min(len(chosen_photos), (settings.max_refs + 1) // 2) if candidates else 0
-        video_refs = select_references(score_against_centroid(candidates, identity.centroid, harvest, stream.pools.uses_norm),
-                                       harvest, fps, k=max(room, 0), verify=verify)
+        scored = score_against_centroid(candidates, identity.centroid, harvest, stream.pools.uses_norm)
+        video_refs = select_references(scored, harvest, fps, k=max(room, 0), verify=verify)
+        # Whether the second detector saw a face in this identity's best frames: False flags a
+        # likely false detection (a hand, a microphone) whose tracks render may leave alone.
+        tried = verifier is not None and room > 0 and any(c.terms.total > 0 for c in scored)
+        face_verified[identity.id] = bool(video_refs) if tried else None
         photo_refs = chosen_photos[: settings.max_refs - len(video_refs)]
         for number, pick in enumerate(video_refs):
             c = pick.candidate
@@ -551,7 +556,7 @@ def _assemble(stream: AnalysisStream, photos: list[PhotoFace], settings: Analyze
     os.replace(staging, final_dir)
     return Analysis(VERSION, video_json, shots, tracks, tuple(identities), tuple(references),
                     settings_json, {t.id: embeddings[t.id] for t in tracks if t.id in embeddings},
-                    {r.id: r.reliability for r in records if r.reliability is not None}, output_path)
+                    {r.id: r.reliability for r in records if r.reliability is not None}, face_verified, output_path)
 
 
 def _photo_references(identity, photos: list[PhotoFace], harvest: HarvestSettings, staging: Path,

@@ -101,6 +101,7 @@ SCHEMA: dict[str, Any] = {
                 "name": {"type": ["string", "null"]},
                 "same_as": {"type": ["integer", "null"]},
                 "centroid": _VECTOR,
+                "face_verified": {"type": ["boolean", "null"]},
             },
         }},
         "references": {"type": "array", "items": {
@@ -165,6 +166,8 @@ class Analysis:
     settings: dict
     track_embeddings: dict[int, np.ndarray] = field(default_factory=dict)  # track id -> unit float32[D]
     obs_reliability: dict[int, np.ndarray] = field(default_factory=dict)  # track id -> float32[N], NaN: not scored
+    # identity id -> did a second detector confirm its best frames show a face (None: not checked)
+    face_verified: dict[int, bool | None] = field(default_factory=dict)
     path: Path | None = None
 
     def track(self, track_id: int) -> Track:
@@ -314,13 +317,15 @@ def analysis_from_json(data: dict, base: Path, path: Path | None = None) -> Anal
     for t in tracks:
         if t.identity is not None:
             members.setdefault(t.identity, []).append(t.id)
-    identities = []
+    identities, verified = [], {}
     for identity_id, item in identities_json.items():
         if final[identity_id] != identity_id:
             continue  # merged into another identity
         names = [identities_json[i].get("name") for i in identities_json if final[i] == identity_id]
         name = item.get("name") or next((n for n in names if n), None)
         identities.append(Identity(identity_id, tuple(members.get(identity_id, ())), _vector(item.get("centroid")), name))
+        flags = [identities_json[i].get("face_verified") for i in identities_json if final[i] == identity_id]
+        verified[identity_id] = True if True in flags else (False if False in flags else None)
     references = []
     for r in data["references"]:
         terms = None
@@ -339,7 +344,7 @@ def analysis_from_json(data: dict, base: Path, path: Path | None = None) -> Anal
         references.append(HarvestedReference(reference, (base / r["crop"]).resolve(),
                                               np.asarray(r["crop_kps5"], np.float32), _vector(r.get("embedding"))))
     return Analysis(data["version"], data["video"], shots, tuple(tracks), tuple(identities), tuple(references),
-                    data["settings"], embeddings, reliabilities, path)
+                    data["settings"], embeddings, reliabilities, verified, path)
 
 
 def _message(path: Path | None, problems: list[str]) -> str:
@@ -410,7 +415,7 @@ def analysis_to_json(analysis: Analysis, base: Path) -> dict:
                      "reliability": _score(analysis.obs_reliability.get(t.id), n)}
                     for n, o in enumerate(t.obs)],
         } for t in analysis.tracks],
-        "identities": [{"id": i.id, "name": i.name,
+        "identities": [{"id": i.id, "name": i.name, "face_verified": analysis.face_verified.get(i.id),
                         "centroid": None if i.centroid is None else _round_list(i.centroid, 6)}
                        for i in analysis.identities],
         "references": [{

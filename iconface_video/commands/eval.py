@@ -25,16 +25,18 @@ import click
 @click.option("--steps", type=int, default=4, show_default=True, help="Sampling steps of the restorer.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--buckets", default="standard,severe,video", show_default=True)
+@click.option("--align-to", type=click.Path(path_type=Path), default=None,
+              help="--data holds ordinary photos: detect and align them into this folder first.")
 @click.option("--no-model", is_flag=True, help="Only the input and the classical baseline (no checkpoint needed).")
 def command(data: Path, weights: Path | None, json_out: Path, grid: Path | None, people: str | None, per_person: int,
-            k_refs: int, steps: int, seed: int, buckets: str, no_model: bool) -> None:
+            k_refs: int, steps: int, seed: int, buckets: str, align_to: Path | None, no_model: bool) -> None:
     """Evaluate a restorer on photos of people grouped in folders; writes JSON records (and a grid)."""
     import torch
 
     from iconface_video.errors import UserError
     from iconface_video.faces.embed import load_embedder
     from iconface_video.train import degrade as D
-    from iconface_video.train.data import scan_identities
+    from iconface_video.train.data import align_photo_folder, scan_identities
     from iconface_video.train.evaluate import evaluate, write_grid, write_json
 
     chosen = tuple(b.strip() for b in buckets.split(",") if b.strip())
@@ -46,7 +48,10 @@ def command(data: Path, weights: Path | None, json_out: Path, grid: Path | None,
         from iconface_video.core.restorer import Restorer
 
         restorer = Restorer.from_checkpoint(weights)
-    ids = scan_identities(data, template="arcface")
+    template, size = (restorer.template, restorer.crop_size) if restorer is not None else ("arcface", 112)
+    if align_to is not None:
+        data = align_photo_folder(data, align_to, template=template, size=size).root
+    ids = scan_identities(data, template=template)
     if people:
         names = [p.strip() for p in people.split(",") if p.strip()]
         missing = sorted(set(names) - set(ids.people))

@@ -23,9 +23,12 @@ import click
 @click.option("--stop-at-step", type=int, default=None,
               help="Stop (with a checkpoint) at this step without changing the schedule; --resume continues.")
 @click.option("--features", default=None, help="Precomputed identity features (.npz from a previous run).")
+@click.option("--align-to", type=click.Path(path_type=Path), default=None,
+              help="--data holds ordinary photos: detect and align them into this folder first.")
 @click.option("--init", "init", default=None, help="Start from this core checkpoint's weights (.safetensors).")
 def command(config: str, data: Path, out: Path | None, resume: bool, max_minutes: float | None,
-            steps: int | None, stop_at_step: int | None, features: str | None, init: str | None) -> None:
+            steps: int | None, stop_at_step: int | None, features: str | None, align_to: Path | None,
+            init: str | None) -> None:
     """Train a restoration core; checkpoints, logs and loss curves go to the run folder."""
     from iconface_video.train.config import load_train_config
     from iconface_video.train.trainer import train
@@ -33,6 +36,12 @@ def command(config: str, data: Path, out: Path | None, resume: bool, max_minutes
     cfg = load_train_config(config)
     changes = {k: v for k, v in {"steps": steps, "features": features, "init": init}.items() if v is not None}
     cfg = cfg.replace(**changes)
+    if align_to is not None:
+        from iconface_video.core.config import load_config
+        from iconface_video.train.data import align_photo_folder
+
+        core = load_config(cfg.core)
+        data = align_photo_folder(data, align_to, template=core.template, size=core.crop_size).root
     run = out or Path("runs") / Path(config).stem
     train(cfg, data, run, resume=resume, max_minutes=max_minutes, until_step=stop_at_step)
     click.echo(f"run folder: {run}")

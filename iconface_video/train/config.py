@@ -21,7 +21,7 @@ FACES112_HOLDOUT = ("Daniel_Radcliffe", "Jessica_Alba", "Keanu_Reeves", "Victori
 class TrainConfig:
     """Everything that decides a training run besides the data folder (saved beside its outputs)."""
 
-    core: str = "tiny"  # core preset name or path of a core YAML (configs/core/)
+    core: str = "tiny"  # core preset name (configs/core/) or a core YAML path (relative: to this file's folder)
     seed: int = 0
     steps: int = 1000
     batch_size: int = 8  # per process
@@ -94,4 +94,7 @@ def load_train_config(path_or_name: str | Path) -> TrainConfig:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: a training config is a YAML mapping")
+    core = Path(str(data.get("core", "")))
+    if core.suffix and not core.is_absolute() and (path.parent / core).is_file():
+        data["core"] = str((path.parent / core).resolve())  # a core YAML beside the training YAML
     return TrainConfig.from_dict(data)

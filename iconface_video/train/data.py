@@ -115,9 +115,45 @@ def _check_square_size(paths: Sequence[Sequence[Path]], probe: int = 3) -> int:
     if len(sizes) != 1 or next(iter(sizes))[0] != next(iter(sizes))[1]:
         raise UserError(
             f"images are not aligned square face crops of one size (found sizes {sorted(sizes)}); "
-            "align them first (iconface_video.faces.align) or use crops such as faces112"
+            "pass --align-to DIR to detect and align them first"
         )
     return next(iter(sizes))[0]
+
+
+def align_photo_folder(src: str | Path, dst: Path, *, template: str = "arcface", size: int = 112,
+                       detector: str = "auto") -> IdentitySet:
+    """Detect and align the photos of ``src/<person>/*`` into ``dst/<person>/<name>.png``.
+
+    The most confident face of each photo is aligned to ``template`` at ``size`` with the
+    project's alignment (faces/align.py); photos without a face are skipped. Existing crops in
+    ``dst`` are kept, so a rerun only does new photos.
+    """
+    from iconface_video.faces import align
+    from iconface_video.faces.detect import load_detector
+
+    src = Path(src)
+    people = sorted(p for p in src.iterdir() if p.is_dir()) if src.is_dir() else []
+    if not people:
+        raise UserError(f"{src}: expected one sub-folder of photos per person")
+    det = None
+    for person in people:
+        for photo in sorted(q for q in person.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES):
+            out = dst / person.name / f"{photo.stem}.png"
+            if out.is_file():
+                continue
+            bgr = cv2.imread(str(photo), cv2.IMREAD_COLOR)
+            if bgr is None:
+                raise UserError(f"{photo}: cannot be read as an image")
+            rgb = np.ascontiguousarray(bgr[..., ::-1])
+            det = det or load_detector(detector)
+            faces = det.detect([rgb])[0]
+            if not faces:
+                continue
+            best = max(faces, key=lambda f: f.score)
+            crop, _ = align.align_crops(rgb, best.kps5[None], template, size)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out), crop[0][..., ::-1])
+    return scan_identities(dst, template=template)
 
 
 def split_identities(ids: IdentitySet, holdout: Sequence[str]) -> tuple[IdentitySet, IdentitySet]:

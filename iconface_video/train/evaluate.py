@@ -196,7 +196,7 @@ def write_grid(path: Path, cases: Sequence[Case], outs: dict[str, np.ndarray], r
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    cv2.imwrite(str(tmp), grid[..., ::-1])
+    cv2.imwrite(str(tmp), grid[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
     os.replace(tmp, path)
 
 

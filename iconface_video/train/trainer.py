@@ -436,7 +436,10 @@ def train(cfg: TrainConfig, data: str | Path, run: str | Path, *, resume: bool =
             ema.update_parameters(core)
             step += 1
             window.append({f"loss_{k}": float(v.detach()) for k, v in losses.items()} | {"grad_norm": float(gnorm)})
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            out_of_time = (max_minutes is not None and time.monotonic() - t_begin > max_minutes * 60) \
+                or (until_step is not None and step >= until_step)
+            stopping = _agree(stop.requested or out_of_time, d)
+            if step % cfg.log_every == 0 or step == cfg.steps or stopping:
                 rec = _reduce_window(window, d)
                 window = []
                 if d.main:
@@ -444,9 +447,6 @@ def train(cfg: TrainConfig, data: str | Path, run: str | Path, *, resume: bool =
                            "samples": step * cfg.batch_size * d.world, "world": d.world, **rec}
                     log_f.write(json.dumps(rec) + "\n")
                     log_f.flush()
-            out_of_time = (max_minutes is not None and time.monotonic() - t_begin > max_minutes * 60) \
-                or (until_step is not None and step >= until_step)
-            stopping = _agree(stop.requested or out_of_time, d)
             due = step % cfg.checkpoint_every == 0 or time.monotonic() - t_ckpt > cfg.checkpoint_minutes * 60
             due = _agree(due, d)
             if due or stopping or step == cfg.steps:
