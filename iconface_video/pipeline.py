@@ -1,9 +1,9 @@
-"""One job: one input video in, one output video out. The main command and the batch queue both
-call ``run_job``.
+"""One job: one input video in, one output video out.
 
-Today the job is decode -> (optional ``process``) -> encode -> mux. Analysis and restoration
-plug in as ``process``: a function from an iterator of ``Frame`` to an iterator of ``Frame``
-with the same count, order and pts, looking ahead a bounded number of frames.
+``run_job`` is decode -> (optional ``process``) -> encode -> mux; restoration plugs in as
+``process``: a function from an iterator of ``Frame`` to an iterator of ``Frame`` with the same
+count, order and pts, looking ahead a bounded number of frames. ``restore_file`` is the whole
+job of the main command: analysis, then a render that runs through ``run_job``.
 
 Encoding is segmented and resumable (``iconface_video.io.transcode``): after a crash or Ctrl-C,
 rerunning the same command skips the finished segments. On resume ``process`` is called with
@@ -19,7 +19,7 @@ import errno
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from iconface_video.errors import OutputError
@@ -134,6 +134,42 @@ def run_job(
     progress.event("done", stage="run", frame=plan.frame_count, total=plan.frame_count,
                    output=str(output_path), timings={k: round(v, 3) for k, v in timings.items()})
     return JobResult(output_path, plan.frame_count, timings, done_frames, tuple(warnings))
+
+
+def restore_file(input_path: str | os.PathLike, output_path: str | os.PathLike | None, options, analyze,
+                 progress: Progress | None = None, *, analysis_dir: Path | None = None, restorer=None):
+    """The whole job the main command runs: analyze ``input_path``, then render it.
+
+    ``options`` is a ``render.RenderOptions``, ``analyze`` an ``analysis.AnalyzeSettings`` (its
+    ``refs``, range and device are taken from ``options``). The analysis file goes beside the
+    output as ``OUT.iconface.json`` (or into ``analysis_dir``), never beside the input, whose
+    folder may be read-only. Returns the render's ``RenderReport``.
+    """
+    from iconface_video.analysis.analyze import analyze_video
+    from iconface_video.render.render import (
+        default_output_for,
+        frame_range,
+        load_restorer,
+        render_video,
+        resolve_device,
+    )
+
+    input_path = Path(input_path)
+    info = probe(input_path)  # a bad input fails here, in one line, before any model loads
+    output_path = Path(output_path) if output_path is not None else default_output_for(input_path, options.preview)
+    if not options.dry_run:
+        check_paths(input_path, output_path, options.overwrite)
+    start, end = frame_range(input_path, options.start, options.end, info)
+    device = resolve_device(options.device)
+    # Load the model before the (long) analysis, so a missing or bad checkpoint fails at once.
+    restorer = restorer or load_restorer(options, device)
+    analysis_path = (analysis_dir or output_path.parent) / f"{output_path.stem}.iconface.json"
+    # --refs photos go to the analysis only: it pins the names and adds them as references, so
+    # passing them to the render too would count them twice.
+    settings = replace(analyze, refs=tuple((name, Path(folder)) for name, folder in options.refs),
+                       start=start, end=end, device=str(device))
+    analyze_video(input_path, analysis_path, settings, progress)
+    return render_video(analysis_path, input_path, output_path, replace(options, refs=()), progress, restorer=restorer)
 
 
 @contextlib.contextmanager

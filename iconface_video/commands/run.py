@@ -1,18 +1,18 @@
 """``iconface-video movie.mp4``: the whole job, from one video to its restored copy.
 
-For now the stages that exist are decode -> encode; restoration plugs into
-``iconface_video.pipeline.run_job`` as its ``process``.
+Analyze (shots, tracks, identities, references) then render (restore, smooth, paste back,
+encode). The analysis file is kept beside the output (``OUT.iconface.json``, with the render
+report in it), so a user can inspect it, edit it and re-render with ``iconface-video render``.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import click
 
-from iconface_video.io.writer import CODECS, EncodeSettings
-from iconface_video.pipeline import JobSettings, run_job
-from iconface_video.progress import Progress
+from iconface_video.commands.render import options_from, render_options
 
 
 @click.command(name="run")
@@ -20,29 +20,53 @@ from iconface_video.progress import Progress
 @click.option("-o", "--output", "output_path", type=click.Path(path_type=Path), default=None,
               help="Output file [default: VIDEO.restored.<ext> beside the input].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("--codec", type=click.Choice(CODECS), default=None,
-              help="Video encoder [default: libx264; libvpx-vp9 for .webm].")
-@click.option("--crf", type=click.IntRange(0, 63), default=None,
-              help="Constant quality, lower is better [default: 18 x264, 20 x265, 30 VP9/AV1].")
-@click.option("--preset", default=None, help="Encoder speed preset (x264/x265: ultrafast..veryslow; AV1: 0..13).")
-@click.option("--pix-fmt", default=None,
-              help="Output pixel format, e.g. yuv420p or yuv420p10le [default: the source's bit depth].")
-@click.option("--segment-frames", type=click.IntRange(1), default=500, show_default=True,
-              help="Frames per resumable segment.")
+@render_options
+@click.option("--detect-every", type=click.IntRange(1), default=1, show_default=True,
+              help="Run the face detector every k-th frame and interpolate between (faster).")
+@click.option("--detector", type=click.Choice(["auto", "mtcnn", "insightface", "facexlib"]), default="auto",
+              show_default=True, help="Face detector (auto: the best whose weights are present).")
+@click.option("--embedder", type=click.Choice(["dlib", "arcface", "adaface"]), default="dlib", show_default=True,
+              help="Identity embedder used to link tracks into people.")
+@click.option("--max-refs", type=click.IntRange(0), default=4, show_default=True,
+              help="References harvested per person.")
+@click.option("--models-dir", type=click.Path(path_type=Path), default=None,
+              help="Folder with downloaded weights (also $ICONFACE_MODELS).")
 @click.option("--json", "json_lines", is_flag=True, help="Progress as JSON lines on stdout instead of a bar.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def command(input_path: Path, output_path: Path | None, overwrite: bool, codec: str | None, crf: int | None,
-            preset: str | None, pix_fmt: str | None, segment_frames: int, json_lines: bool, quiet: bool) -> None:
+def command(input_path: Path, output_path: Path | None, detect_every: int, detector: str, embedder: str,
+            max_refs: int, models_dir: Path | None, json_lines: bool, quiet: bool, **params) -> None:
     """Restore every face in VIDEO; write VIDEO.restored.<ext> (input untouched).
 
     Timing, audio, subtitles, colour tags and rotation are kept. An interrupted run resumes
     from its last finished segment when run again with the same options.
     """
-    settings = JobSettings(
-        encode=EncodeSettings(codec=codec, crf=crf, preset=preset, pix_fmt=pix_fmt, segment_frames=segment_frames),
-        overwrite=overwrite,
-    )
-    progress = Progress.create(json_lines=json_lines, enabled=not quiet)
-    result = run_job(input_path, output_path, settings, progress=progress)
-    if not json_lines and not quiet:
-        click.echo(f"wrote {result.output_path} ({result.frames} frames, {result.timings['total']:.1f} s)", err=True)
+    from iconface_video.pipeline import restore_file
+
+    options = options_from(params)
+    progress = _progress(json_lines, quiet)
+    if options.dry_run:
+        # Nothing may be written, not even the analysis: keep it in a temporary folder.
+        with tempfile.TemporaryDirectory(prefix="iconface-dry-run-") as scratch:
+            report = restore_file(input_path, output_path, options, _analyze_settings(
+                detect_every, detector, embedder, max_refs, models_dir), progress, analysis_dir=Path(scratch))
+        click.echo(report.summary())
+        return
+    report = restore_file(input_path, output_path, options,
+                          _analyze_settings(detect_every, detector, embedder, max_refs, models_dir), progress)
+    if json_lines:
+        progress.event("render", stage="render", report=report.to_json())
+    elif not quiet:
+        click.echo(report.summary(), err=True)
+
+
+def _progress(json_lines: bool, quiet: bool):
+    from iconface_video.progress import Progress
+
+    return Progress.create(json_lines=json_lines, enabled=not quiet)
+
+
+def _analyze_settings(detect_every: int, detector: str, embedder: str, max_refs: int, models_dir: Path | None):
+    from iconface_video.analysis.analyze import AnalyzeSettings
+
+    return AnalyzeSettings(detect_every=detect_every, detector=detector, embedder=embedder, max_refs=max_refs,
+                           models_dir=models_dir)
