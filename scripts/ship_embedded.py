@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from iconface_video.core.checkpoint import load_checkpoint, save_checkpoint
 from iconface_video.core.restorer import Restorer
@@ -85,18 +86,10 @@ def table(records: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def stage_steps(stage1: Path | None, parent: Path, run: Path, init: str) -> dict[str, int]:
-    """Optimizer steps of each stage of the winner's lineage (from checkpoint names, not logs)."""
-    def last(folder: Path) -> int:
-        return int(latest_checkpoint(folder).name.split("_")[-1])
-
-    out = {"stage 1: no references": last(stage1)} if stage1 is not None else {}
-    if run == parent:
-        out["stage 2: unified references"] = last(run)
-    else:
-        out["stage 2: unified references"] = int(Path(init).name.split("_")[-1])
-        out[f"stage 3: {run.name}"] = last(run)
-    return out
+def branch_step(run: Path) -> int:
+    """The step of the checkpoint folder a run was warm-started from (``.../step_0000900``)."""
+    init = yaml.safe_load((run / "train.yaml").read_text()).get("init", "")
+    return int(Path(init).name.split("_")[-1])
 
 
 def validation_set(ids: IdentitySet, eval_per_person: int, seed: int) -> IdentitySet:
@@ -110,6 +103,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--candidates", type=Path, nargs="+", required=True, help="run folders")
     ap.add_argument("--stage1", type=Path, default=None)
+    ap.add_argument("--lineage", type=Path, nargs="*", default=None,
+                    help="run folders of stage 2, 3, ... in order (for the loss plot and the step counts)")
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--per-person", type=int, default=12)
@@ -154,21 +149,21 @@ def main() -> None:
     logs = []
     if args.stage1 is not None:
         logs.append(("stage 1: no references", read_log(args.stage1 / "log.jsonl")))
-    # The winner's lineage: stage 1, then the first candidate (stage 2) — up to the branch point
-    # when the winner was started from one of its checkpoints (stage 3) — then the winner.
-    init = side.get("training", {}).get("train_config", {}).get("init", "")
-    parent = args.candidates[0]
-    if run == parent:
-        logs.append(("stage 2: unified references", read_log(run / "log.jsonl")))
-    else:
-        cut = int(Path(init).name.split("_")[-1])
-        logs.append(("stage 2: unified references", [x for x in read_log(parent / "log.jsonl") if x["step"] <= cut]))
-        logs.append((f"stage 3: {run.name}", read_log(run / "log.jsonl")))
+    # The winner's lineage (--lineage: stage 2, 3, ... in order, ending at or past the winner): each
+    # stage's log up to the step the next stage branched from.
+    lineage = args.lineage or [run]
+    lineage = lineage[: [Path(r) for r in lineage].index(run) + 1] if run in lineage else [run]
+    for i, r in enumerate(lineage):
+        log = read_log(r / "log.jsonl")
+        if i + 1 < len(lineage):
+            cut = branch_step(lineage[i + 1])
+            log = [x for x in log if x["step"] <= cut]
+        logs.append((f"stage {i + 2}: {r.name}", log))
     plot_stages(logs, args.docs / "embedded-loss.png")
 
     training = dict(side.get("training", {}))
     training.update({"licence": LICENCE, "recommended_steps": steps, "eval": records,
-                     "stage_steps": stage_steps(args.stage1, parent, run, init)})
+                     "stage_steps": {name: (log[-1]["step"] if log else 0) for name, log in logs}})
     args.dest.mkdir(parents=True, exist_ok=True)
     save_checkpoint(args.dest / "iconface-restorer.safetensors", model, training)
     summary = {"chosen": best, "selection": selection, "eval_meta": meta, "eval": records,

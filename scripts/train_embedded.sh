@@ -34,23 +34,30 @@ save_features(Path(sys.argv[2]), feats, {"encoder": "dlib", "per_person": 48, "s
 PY
 
 # Stage 2: the unified reference schedule of §5.8 from stage 1's raw weights. Stage 3 branches
-# from its step-900 checkpoint, so it stops there once, keeps a copy, and resumes (exactly).
-# (Embedded run: one 67-minute session; the branch copy was taken while it ran.)
+# from its step-900 checkpoint, so it stops there once, keeps a copy, and resumes (exactly). In the
+# embedded run stage 2 went on (in one session, alongside stage 3) until step 2869, where it was
+# stopped: on validation photos its one-step PSNR had fallen as it trained (see MODEL_CARD.md).
 iconface-video train --config configs/train/tiny-cpu.yaml --data "$DATA" \
     --out "$RUNS/embedded-unified" --stop-at-step 900 \
     --features "$FEATURES" \
     --init "$RUNS/embedded-noref/checkpoints/$S1"
 cp -r "$RUNS/embedded-unified/checkpoints/step_0000900" "$RUNS/stage2-step_0000900"
 iconface-video train --config configs/train/tiny-cpu.yaml --data "$DATA" \
-    --out "$RUNS/embedded-unified" --resume --max-minutes 40 --features "$FEATURES"
+    --out "$RUNS/embedded-unified" --resume --stop-at-step 2869 --features "$FEATURES"
 
 # Stage 3: from stage 2's step-900 checkpoint, training times weighted toward noise (t_mu = 1),
-# lower learning rate, new samples (seed 1). Ran alongside the rest of stage 2.
+# lower learning rate, new samples (seed 1); 1500 steps.
 iconface-video train --config configs/train/tiny-cpu-hinoise.yaml --data "$DATA" \
-    --out "$RUNS/embedded-hinoise" --max-minutes 37 --features "$FEATURES" \
+    --out "$RUNS/embedded-hinoise" --features "$FEATURES" \
     --init "$RUNS/stage2-step_0000900"
 
-# Pick between the stage-2 and stage-3 finals on validation photos of the held-out people that
-# are not the evaluation photos (scripts/ship_embedded.py --select), then evaluate and ship.
+# Stage 4: from stage 3's final checkpoint, t_mu = 2, lower rate again, seed 2; 17-minute budget.
+iconface-video train --config configs/train/tiny-cpu-hinoise2.yaml --data "$DATA" \
+    --out "$RUNS/embedded-hinoise2" --max-minutes 17 --features "$FEATURES" \
+    --init "$RUNS/embedded-hinoise/checkpoints/step_0001500"
+
+# Choose among the stage finals (and 1 or 4 sampling steps) on validation photos of the held-out
+# people that are not evaluation photos, evaluate the winner, and ship it.
 python scripts/ship_embedded.py --data "$DATA" --stage1 "$RUNS/embedded-noref" \
-    --candidates "$RUNS/embedded-unified" "$RUNS/embedded-hinoise"
+    --candidates "$RUNS/embedded-unified" "$RUNS/embedded-hinoise" "$RUNS/embedded-hinoise2" \
+    --lineage "$RUNS/embedded-unified" "$RUNS/embedded-hinoise" "$RUNS/embedded-hinoise2"

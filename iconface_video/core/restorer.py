@@ -42,9 +42,10 @@ class Restorer:
     """Restore batches of aligned face crops with an IConFace core."""
 
     def __init__(self, model: IConFaceCore, config: CoreConfig | None = None, device: str | torch.device = "cpu",
-                 precision: str = "fp32", id_encoder: IdEncoderFn | None = None) -> None:
+                 precision: str = "fp32", id_encoder: IdEncoderFn | None = None, default_steps: int = 4) -> None:
         """``id_encoder`` overrides the config's external encoder (dlib/adaface) for references
-        given without ``ref_feat``; it is loaded lazily on first need otherwise."""
+        given without ``ref_feat``; it is loaded lazily on first need otherwise. ``default_steps``
+        is the sampling step count used when ``restore`` is given none."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         self.config = config or model.config
@@ -54,6 +55,7 @@ class Restorer:
         self.precision = precision
         self.model = model.to(self.device).eval()
         self._id_encoder = id_encoder
+        self.default_steps = default_steps
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -64,8 +66,10 @@ class Restorer:
             if not path.is_file():
                 raise MissingModelError(
                     f"the embedded restorer checkpoint {path} is missing; reinstall iconface-video or pass a checkpoint path")
-        model, _ = load_checkpoint(path, device=device)
-        return cls(model, device=device, precision=precision)
+        model, sidecar = load_checkpoint(path, device=device)
+        # A checkpoint may name the step count it was evaluated best at (sidecar "sampling").
+        steps = int(sidecar.get("sampling", {}).get("steps", 4))
+        return cls(model, device=device, precision=precision, default_steps=steps)
 
     @property
     def crop_size(self) -> int:
@@ -99,13 +103,15 @@ class Restorer:
     @torch.no_grad()
     def restore(self, lq: torch.Tensor, track: torch.Tensor, refs: torch.Tensor | None = None,
                 ref_track: torch.Tensor | None = None, ref_weight: torch.Tensor | None = None,
-                ref_feat: torch.Tensor | None = None, seed: int = 0, steps: int = 4,
+                ref_feat: torch.Tensor | None = None, seed: int = 0, steps: int | None = None,
                 ref_guidance: float = 1.0) -> RestoreOutput:
         """Restore aligned crops. lq float32[B, 3, R, R] in [0, 1]; track int64[B]; refs
         float32[N, 3, S, S] in [0, 1] (any square S, resized as needed); ref_track int64[N];
         ref_weight float32[N] reliability in [0, 1] (default 1; 0 = invalid); ref_feat
         float32[N, id_dim] optional precomputed raw identity features; ref_guidance: reference
-        guidance weight (1 = off, 0 = ignore references, > 1 = stronger; ≠ 1 doubles the cost)."""
+        guidance weight (1 = off, 0 = ignore references, > 1 = stronger; ≠ 1 doubles the cost);
+        steps: sampling steps (None: ``default_steps``, the checkpoint's own choice)."""
+        steps = self.default_steps if steps is None else steps
         b, r = lq.shape[0], self.crop_size
         if lq.dim() != 4 or lq.shape[1:] != (3, r, r):
             raise ValueError(f"lq must be float[B, 3, {r}, {r}] ({self.template}-aligned), got {tuple(lq.shape)}")

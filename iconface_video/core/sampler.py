@@ -1,7 +1,8 @@
 """Few-step Euler sampling of the x-prediction flow (core-design §5.10).
 
 Step from t to t' < t: x ← x̂0 + (t'/t)·(x − x̂0) (exact for the straight path through x̂0); the
-last step (t' = 0) returns x̂0. With the ``one_way`` topology the cond stream is encoded once and
+last step (t' = 0) returns x̂0. The network is queried at min(t, ``config.t_max``): it never sees
+t = 1 in training. With the ``one_way`` topology the cond stream is encoded once and
 every step recomputes scene rows only; ``cached=False`` (or ``full``) runs the joint pass per step.
 
 Optional reference guidance (§5.10): x̂0 = x̂0_noref + w·(x̂0_ref − x̂0_noref), where the no-reference
@@ -71,7 +72,7 @@ def sample(model: IConFaceCore, cond: Conditions, noise: torch.Tensor, steps: in
     x = noise
     b = noise.shape[0]
     for t, t_next in itertools.pairwise(ts):
-        tt = torch.full((b,), t, device=noise.device, dtype=torch.float32)
+        tt = torch.full((b,), min(t, model.config.t_max), device=noise.device, dtype=torch.float32)
         x0 = predict(x, tt)
         if predict_noref is not None:
             x0_noref = predict_noref(x, tt)

@@ -85,7 +85,7 @@ class RenderOptions:
     batch_size: int = 16
     precision: str = "auto"
     checkpoint: str | None = None
-    steps: int = 4
+    steps: int | None = None  # None: the checkpoint's own step count
     seed: int = 0
     preview: bool = False
     dry_run: bool = False
@@ -105,7 +105,7 @@ class RenderOptions:
             raise UserError(f"--precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.deinterlace not in ("auto", "refuse"):
             raise UserError("--deinterlace: choose auto or refuse")
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise UserError("--steps must be at least 1")
 
     def encode_settings(self) -> EncodeSettings:

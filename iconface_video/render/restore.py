@@ -99,7 +99,7 @@ class BatchRestorer:
     restorer: object
     references: Mapping[int, TrackReferences]
     seed: int = 0
-    steps: int = 4
+    steps: int | None = None  # None: the restorer's default
 
     def __call__(self, lq: torch.Tensor, tracks: np.ndarray) -> torch.Tensor:
         """Restored crops ``float32[B, 3, R, R]`` in [0, 1] for ``lq`` ``float32[B, 3, R, R]``."""

@@ -265,7 +265,7 @@ def _warm_start(core, ema, path: Path) -> None:
 
 # Core config fields that change the objective or the sampler but not the network: a warm start
 # may change them (e.g. a later stage that puts more weight on noisy times).
-_NOT_ARCHITECTURE = {"name", "t_mu", "time_shift", "t_min_velocity"}
+_NOT_ARCHITECTURE = {"name", "t_mu", "time_shift", "t_min_velocity", "t_max"}
 
 
 def _check_same_network(donor: dict, mine: dict, path: Path) -> None:
