@@ -2,9 +2,11 @@
 
     python scripts/bench_batch.py                       # the default clips from ../shared/media
     python scripts/bench_batch.py --workers 1,2,4 --repeat 2 VIDEO...
+    python scripts/bench_batch.py --checkpoint core.safetensors --preset ultrafast VIDEO...
 
-Each configuration restores the same files into a fresh temporary folder through the real
-``batch`` machinery (spawned workers, manifest, locks), and the wall time includes the workers'
+Each configuration restores the same files (analysis, restoration, encode: the main command's
+whole job) into a fresh temporary folder through the real ``batch`` machinery (spawned workers,
+each loading the restorer once; manifest, locks), and the wall time includes the workers'
 start-up, as a user would see it. Prints one line per run and a JSON summary; the machine's load
 average is printed too, because on a shared machine it moves the numbers more than anything.
 """
@@ -20,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from iconface_video.batch.queue import BatchOptions, LocalBackend, run_batch, worker_specs
-from iconface_video.pipeline import JobSettings
+from iconface_video.analysis.analyze import AnalyzeSettings
+from iconface_video.batch.queue import BatchOptions, JobSpec, LocalBackend, run_batch, worker_specs
+from iconface_video.render.render import RenderOptions
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 DEFAULT_CLIPS = (
@@ -34,7 +37,7 @@ DEFAULT_CLIPS = (
 )
 
 
-def bench(inputs: list[Path], workers: int, settings: JobSettings) -> dict:
+def bench(inputs: list[Path], workers: int, settings: JobSpec) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as folder:
         options = BatchOptions(out_dir=Path(folder))
         specs = worker_specs(workers, None)
@@ -53,6 +56,8 @@ def main() -> None:
     parser.add_argument("videos", nargs="*", type=Path)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts to compare")
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--checkpoint", default=None, help="restorer checkpoint [default: the embedded one]")
+    parser.add_argument("--preset", default=None, help="x264 preset [default: the encoder's]")
     args = parser.parse_args()
     inputs = [p.resolve() for p in args.videos] or [MEDIA / c for c in DEFAULT_CLIPS]
     missing = [str(p) for p in inputs if not p.is_file()]
@@ -61,7 +66,7 @@ def main() -> None:
     from iconface_video.io.probe import probe
 
     frames = sum(probe(p).frame_count for p in inputs)
-    settings = JobSettings()
+    settings = JobSpec(RenderOptions(checkpoint=args.checkpoint, preset=args.preset), AnalyzeSettings())
     print(f"{len(inputs)} files, {frames} frames; {os.cpu_count()} CPUs; {platform.processor() or platform.machine()}; "
           f"python {platform.python_version()}", file=sys.stderr)
     runs = []

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # How the embedded restorer (iconface_video/weights/embedded/restorer/) was trained, exactly.
-# Machine: the project's 2-core CPU sandbox, shared with other work (load 8-13), one torch thread.
+# Machines: stages 1-2 on the project's 2-core CPU sandbox (shared, load 8-13, one torch thread);
+# stage 3 on one NVIDIA H100 (bf16), reached through the device tool, with a training subset.
 # Data: faces112 (ArcFace-aligned 112x112 crops of 20 people sampled from Glint360k; research-only
 # licence), the 15 training identities of configs/train/tiny-cpu.yaml (5 held out for evaluation).
 #   DATA=/path/to/faces112 RUNS=/path/to/runs scripts/train_embedded.sh
@@ -33,31 +34,20 @@ feats = compute_features(train, load_embedder("dlib").embed_aligned112, paths=re
 save_features(Path(sys.argv[2]), feats, {"encoder": "dlib", "per_person": 48, "seed": 0})
 PY
 
-# Stage 2: the unified reference schedule of §5.8 from stage 1's raw weights. Stage 3 branches
-# from its step-900 checkpoint, so it stops there once, keeps a copy, and resumes (exactly). In the
-# embedded run stage 2 went on (in one session, alongside stage 3) until step 2869, where it was
-# stopped: on validation photos its one-step PSNR had fallen as it trained (see MODEL_CARD.md).
+# Stage 2: the unified reference schedule of §5.8 from stage 1's raw weights, to step 1100.
 iconface-video train --config configs/train/tiny-cpu.yaml --data "$DATA" \
-    --out "$RUNS/embedded-unified" --stop-at-step 900 \
-    --features "$FEATURES" \
+    --out "$RUNS/embedded-unified" --stop-at-step 1100 --features "$FEATURES" \
     --init "$RUNS/embedded-noref/checkpoints/$S1"
-cp -r "$RUNS/embedded-unified/checkpoints/step_0000900" "$RUNS/stage2-step_0000900"
-iconface-video train --config configs/train/tiny-cpu.yaml --data "$DATA" \
-    --out "$RUNS/embedded-unified" --resume --stop-at-step 2869 --features "$FEATURES"
 
-# Stage 3: from stage 2's step-900 checkpoint, training times weighted toward noise (t_mu = 1),
-# lower learning rate, new samples (seed 1); 1500 steps.
-iconface-video train --config configs/train/tiny-cpu-hinoise.yaml --data "$DATA" \
-    --out "$RUNS/embedded-hinoise" --features "$FEATURES" \
-    --init "$RUNS/stage2-step_0000900"
+# Stage 3, on a GPU: the same schedule at batch 64 in bf16, from stage 2's step-1100 EMA export.
+# The embedded run had 8 minutes of one H100 in two sessions (the second with --resume) and saw a
+# 240-image-per-person subset of the training people (which always includes the reference pool).
+ICONFACE_KERNELS=reference iconface-video train --config configs/train/tiny-gpu.yaml --data "$DATA" \
+    --out "$RUNS/embedded-gpu" --features "$FEATURES" --max-minutes 8 \
+    --init "$RUNS/embedded-unified/checkpoints/step_0001100/restorer.safetensors"
 
-# Stage 4: from stage 3's final checkpoint, t_mu = 2, lower rate again, seed 2; 17-minute budget.
-iconface-video train --config configs/train/tiny-cpu-hinoise2.yaml --data "$DATA" \
-    --out "$RUNS/embedded-hinoise2" --max-minutes 17 --features "$FEATURES" \
-    --init "$RUNS/embedded-hinoise/checkpoints/step_0001500"
-
-# Choose among the stage finals (and 1 or 4 sampling steps) on validation photos of the held-out
-# people that are not evaluation photos, evaluate the winner, and ship it.
-python scripts/ship_embedded.py --data "$DATA" --stage1 "$RUNS/embedded-noref" \
-    --candidates "$RUNS/embedded-unified" "$RUNS/embedded-hinoise" "$RUNS/embedded-hinoise2" \
-    --lineage "$RUNS/embedded-unified" "$RUNS/embedded-hinoise" "$RUNS/embedded-hinoise2"
+# Evaluate on the held-out people (one sampling step, as shipped); MODEL_CARD.md has the numbers.
+L=$(cat "$RUNS/embedded-gpu/checkpoints/latest")
+iconface-video eval --data "$DATA" --people Daniel_Radcliffe,Jessica_Alba,Keanu_Reeves,Victoria_Beckham,Will_Smith \
+    --per-person 12 --steps 1 --weights "$RUNS/embedded-gpu/checkpoints/$L/restorer.safetensors" \
+    --json "$RUNS/embedded-gpu/eval.json" --grid docs/embedded-eval-grid.png

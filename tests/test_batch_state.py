@@ -177,6 +177,33 @@ def test_plan_skips_done_retries_failed_and_redoes_changed_settings(tmp_path):
     assert [s.output.name for s in skipped] == ["done.mp4", "failed.mp4"]
 
 
+def test_plan_redoes_done_files_when_the_restorer_changes(tmp_path):
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    (src / "a.mp4").write_bytes(b"x")
+    (out / "a.mp4").write_bytes(b"restored")
+    old = {"restorer": "core.safetensors sha256:aaaa"}
+    update_manifest(manifest_path(out), {"a.mp4": FileRecord(str(src / "a.mp4"), str(out / "a.mp4"), state="done",
+                                                             settings={"crf": 18}, models=old)})
+    assert plan([src / "a.mp4"], BatchOptions(out_dir=out), {"crf": 18}, old)[0] == []
+    todo, _ = plan([src / "a.mp4"], BatchOptions(out_dir=out), {"crf": 18}, {"restorer": "core.safetensors sha256:bbbb"})
+    assert [r.models["restorer"] for r in todo] == ["core.safetensors sha256:bbbb"]
+
+
+def test_restorer_version_names_and_hashes_the_checkpoint(tmp_path):
+    import hashlib
+
+    from iconface_video.batch.queue import restorer_version
+    from iconface_video.errors import MissingModelError
+
+    path = tmp_path / "core.safetensors"
+    path.write_bytes(b"weights")
+    assert restorer_version(str(path)) == f"core.safetensors sha256:{hashlib.sha256(b'weights').hexdigest()}"
+    with pytest.raises(MissingModelError, match="missing.safetensors cannot be read"):
+        restorer_version(str(tmp_path / "missing.safetensors"))
+
+
 def test_plan_refuses_foreign_outputs_and_name_clashes(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -186,6 +213,9 @@ def test_plan_refuses_foreign_outputs_and_name_clashes(tmp_path):
         (tmp_path / folder / "e01.mkv").write_bytes(b"x")
     with pytest.raises(InputError, match="would both be written"):
         plan([tmp_path / "a" / "e01.mkv", tmp_path / "b" / "e01.mkv"], BatchOptions(out_dir=out), {}, {})
+    (tmp_path / "b" / "e01.mp4").write_bytes(b"x")
+    with pytest.raises(InputError, match="would both write their analysis to"):
+        plan([tmp_path / "a" / "e01.mkv", tmp_path / "b" / "e01.mp4"], BatchOptions(out_dir=out), {}, {})
     with pytest.raises(InputError, match="output folder is the input's folder"):
         plan([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=tmp_path / "a"), {}, {})
     (out / "e01.mkv").write_bytes(b"someone else's")

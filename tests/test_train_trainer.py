@@ -91,7 +91,7 @@ def test_lr_schedule():
 def test_shipped_configs_load():
     from iconface_video.core.config import load_config
 
-    for name in ("tiny-cpu", "tiny-cpu-noref", "tiny-cpu-hinoise", "s256-gpu"):
+    for name in ("tiny-cpu", "tiny-cpu-noref", "tiny-gpu", "s256-gpu"):
         cfg = load_train_config(name)
         assert cfg.k_max >= 1 and len(cfg.holdout) >= 4
         core = load_config(cfg.core)  # core YAMLs beside the training YAML resolve from any cwd

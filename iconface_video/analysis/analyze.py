@@ -10,6 +10,11 @@ One pass over the video, holding only a few frames at a time:
 4. at the end, tracks are clustered into identities, user photos pin names, the top K
    references per identity are chosen, and the file, crops and contact sheets are written.
 
+The detector sees frames turned upright by the container's rotation tag, unless the content says
+otherwise: with ``rotation="auto"`` the first detected frames are tried in all four orientations
+and the one giving the most confident, upright-looking faces wins (``OrientationVote``), because
+tags are sometimes wrong (frames stored upright but tagged -90) or lost by a re-encode.
+
 Every ``checkpoint_every`` frames the live state goes to ``<output>.partial`` (JSON) beside the
 output, with the candidate crops in ``<refs folder>.partial/``; a rerun with the same input and
 settings continues from there.
@@ -58,6 +63,7 @@ from iconface_video.errors import InputError, OutputError
 from iconface_video.types import FaceObs, Frame, Reference, Shot
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+ROTATION_MODES = ("auto", "tag", "none", "0", "90", "180", "270")
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,11 @@ class AnalyzeSettings:
     tracking: TrackSettings = TrackSettings()
     identify: IdentifySettings = IdentifySettings()
     harvest: HarvestSettings = HarvestSettings()
+    # Orientation the detector sees (see ROTATION_MODES): "auto" decides from the faces, "tag"
+    # trusts the container, "none" uses the stored frames, a number forces that many degrees.
+    rotation: str = "auto"
+    orientation_frames: int = 5  # "auto": frames with faces that decide the orientation
+    orientation_probe_limit: int = 300  # "auto": detected frames tried in every orientation at most
 
 
 def default_output(input_path: Path) -> Path:
@@ -134,6 +145,93 @@ def _fingerprint(input_path: Path, settings_json: dict) -> dict:
     return {"input": str(input_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "settings": relevant}
 
 
+# --- which way is up ----------------------------------------------------------------------------
+
+def rotation_candidates(mode: str, tag: int) -> tuple[int, ...]:
+    """Detection rotations (degrees counter-clockwise, in 0..270) that ``mode`` allows, the
+    default first: for ``auto`` all four, the container's ``tag`` first and the stored frames next."""
+    if mode not in ROTATION_MODES:
+        raise InputError(f"--rotation {mode!r}: choose one of {', '.join(ROTATION_MODES)}")
+    tag = (int(round(tag / 90)) * 90) % 360  # FFmpeg reports e.g. -90.0 or 270 for the same turn
+    if mode == "auto":
+        return tuple(dict.fromkeys((tag, 0, (tag + 180) % 360, 90, 180, 270)))
+    if mode == "tag":
+        return (tag,)
+    return (0,) if mode == "none" else (int(mode),)
+
+
+def upright_vectors(vectors: np.ndarray, rotation: int) -> np.ndarray:
+    """Stored-frame displacement vectors ``float[..., 2]`` as seen in the view the detector got
+    (``detect.upright(image, rotation)``, i.e. ``np.rot90`` by ``rotation // 90`` quarter turns)."""
+    out = np.asarray(vectors, np.float32)
+    for _ in range((rotation // 90) % 4):
+        out = np.stack([out[..., 1], -out[..., 0]], axis=-1)  # one turn: (dx, dy) -> (dy, -dx)
+    return out
+
+
+def looks_upright(kps5: np.ndarray, rotation: int) -> bool:
+    """Whether 5 ArcFace-order points (stored frame) are eyes side by side above a mouth in the
+    view rotated by ``rotation``, each within 45 degrees. This rejects real faces found lying on
+    their side; the false faces a wrongly turned view yields can pass, but they are fewer and less
+    confident than the real ones in the right view, which the vote's summed scores rely on."""
+    kps = np.asarray(kps5, np.float32)
+    across = upright_vectors(kps[1] - kps[0], rotation)  # left eye -> right eye: points right
+    down = upright_vectors((kps[3] + kps[4] - kps[0] - kps[1]) / 2, rotation)  # eyes -> mouth: points down
+    return bool(across[0] > abs(across[1]) and down[1] > abs(down[0]))
+
+
+def upright_confidence(faces: list[FaceObs], rotation: int, min_score: float) -> float:
+    """Evidence that ``rotation`` is the right way up in one frame: the summed scores of its
+    confident faces that look upright there."""
+    return float(sum(o.score for o in faces if o.score >= min_score and looks_upright(o.kps5, rotation)))
+
+
+@dataclass(eq=False)
+class OrientationVote:
+    """Decides the detection rotation from the first ``frames_needed`` frames with faces.
+
+    Until then each detected frame is tried in every candidate rotation and the evidence adds up
+    per rotation; the leader so far serves those frames, so none of them is detected twice. After
+    ``probe_limit`` probed frames without enough faces, the leader is kept (the tag on a tie).
+    """
+
+    candidates: tuple[int, ...]
+    frames_needed: int = 5
+    probe_limit: int = 300
+    min_score: float = 0.9
+    evidence: dict[int, float] = field(default_factory=dict)
+    frames_with_faces: int = 0
+    probed: int = 0
+    chosen: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.candidates) == 1:
+            self.chosen = self.candidates[0]
+
+    def leader(self) -> int:
+        """The best rotation so far; ties go to the earlier candidate (the tag first)."""
+        return max(self.candidates, key=lambda r: (self.evidence.get(r, 0.0), -self.candidates.index(r)))
+
+    def add(self, found: dict[int, list[list[FaceObs]]]) -> None:
+        """Add one batch's detections: ``found[rotation][frame]`` for every candidate."""
+        for i in range(len(found[self.candidates[0]])):
+            per_rotation = {r: upright_confidence(found[r][i], r, self.min_score) for r in self.candidates}
+            for r, value in per_rotation.items():
+                self.evidence[r] = self.evidence.get(r, 0.0) + value
+            self.frames_with_faces += any(v > 0 for v in per_rotation.values())
+            self.probed += 1
+        if self.frames_with_faces >= self.frames_needed or self.probed >= self.probe_limit:
+            self.chosen = self.leader()
+
+    def state(self) -> dict:
+        return {"evidence": {str(r): v for r, v in self.evidence.items()}, "frames_with_faces": self.frames_with_faces,
+                "probed": self.probed, "chosen": self.chosen}
+
+    def load_state(self, state: dict) -> None:
+        self.evidence = {int(r): v for r, v in state["evidence"].items()}
+        self.frames_with_faces, self.probed, self.chosen = state["frames_with_faces"], state["probed"], state["chosen"]
+
+
 # --- the stream --------------------------------------------------------------------------------
 
 @dataclass(eq=False)
@@ -149,10 +247,11 @@ class _ShotLog:
 class AnalysisStream:
     """The per-frame part of the analysis; ``push`` frames in order, then ``finish``."""
 
-    def __init__(self, detector, embedder, rotation: int, fps: float, settings: AnalyzeSettings, pool_dir: Path) -> None:
+    def __init__(self, detector, embedder, tag_rotation: int, fps: float, settings: AnalyzeSettings, pool_dir: Path) -> None:
         self.detector = detector
         self.embedder = embedder
-        self.rotation = rotation
+        self.orientation = OrientationVote(rotation_candidates(settings.rotation, tag_rotation),
+                                           settings.orientation_frames, settings.orientation_probe_limit)
         self.fps = fps
         self.settings = settings
         self.shot_detector = ShotDetector(settings.shots)
@@ -227,7 +326,7 @@ class AnalysisStream:
         wanted = [frame for frame, _, _, detect in self.batch if detect]
         found: dict[int, list[FaceObs]] = {}
         if wanted:
-            faces = self.detector.detect([f.image for f in wanted], [f.index for f in wanted], self.rotation)
+            faces = self._detect([f.image for f in wanted], [f.index for f in wanted])
             found = {frame.index: obs for frame, obs in zip(wanted, faces)}
         for frame, shot, shot_start, detect in self.batch:
             detections, crops = None, None
@@ -240,6 +339,20 @@ class AnalysisStream:
             self._collect_finished()
             self.processed += 1
         self.batch.clear()
+
+    def _detect(self, images: list[np.ndarray], indices: list[int]) -> list[list[FaceObs]]:
+        """Faces in stored-frame coordinates, detected in the chosen rotation (or, while the
+        orientation is undecided, in every candidate, keeping the leader's)."""
+        vote = self.orientation
+        if vote.chosen is not None:
+            return self.detector.detect(images, indices, vote.chosen)
+        found = {r: self.detector.detect(images, indices, r) for r in vote.candidates}
+        vote.add(found)
+        return found[vote.chosen if vote.chosen is not None else vote.leader()]
+
+    def detect_rotation(self) -> int:
+        """The rotation the detector used (decided, else the leader at the end of a short video)."""
+        return self.orientation.chosen if self.orientation.chosen is not None else self.orientation.leader()
 
     def _prepare(self, frame: Frame, shot: int, shot_start: int, obs: list[FaceObs]) -> tuple[list[FaceObs], np.ndarray]:
         """Embed the detections that need it; aligned crops of all (``harvest.aligned_crops``).
@@ -298,6 +411,7 @@ class AnalysisStream:
             "shots": {"starts": self.shots.starts, "last_frame": self.shots.last_frame,
                       "last_time": self.shots.last_time, "end_times": {str(k): v for k, v in self.shots.end_times.items()}},
             "processed": self.processed,
+            "orientation": self.orientation.state(),
             "obs_reliability": {str(t): {str(f): v for f, v in d.items()} for t, d in self.obs_reliability.items()},
         }
 
@@ -312,6 +426,7 @@ class AnalysisStream:
         self.shots = _ShotLog([tuple(x) for x in s["starts"]], s["last_frame"], s["last_time"],
                               {int(k): v for k, v in s["end_times"].items()})
         self.processed = state["processed"]
+        self.orientation.load_state(state["orientation"])
         self.obs_reliability = {int(t): {int(f): v for f, v in d.items()} for t, d in state["obs_reliability"].items()}
 
 
@@ -419,6 +534,7 @@ def analyze_video(input_path: str | os.PathLike, output_path: str | os.PathLike 
         raise InputError(f"--detect-every {settings.detect_every}: must be 1 or more")
     if settings.max_refs < 0:
         raise InputError(f"--max-refs {settings.max_refs}: must be 0 or more")
+    rotation_candidates(settings.rotation, 0)  # a bad --rotation fails before any model loads
     info = probe(input_path)
     _check_output(input_path, output_path)
     progress = progress or Progress.silent()
@@ -460,6 +576,12 @@ def analyze_video(input_path: str | os.PathLike, output_path: str | os.PathLike 
         before = stream.processed
         stream.finish()
         bar.update(stream.processed - before)
+
+    video_json["detect_rotation"] = stream.detect_rotation()
+    if settings.rotation == "auto" and video_json["detect_rotation"] != video_json["rotation"] % 360:
+        progress.event("rotation", stage="analyze", detect_rotation=video_json["detect_rotation"],
+                       message=f"{input_path.name}: faces are upright at rotation {video_json['detect_rotation']}, "
+                               f"not at the container's {video_json['rotation']}; detected that way")
 
     analysis = _assemble(stream, photos, settings, video_json, settings_json, output_path, pool_dir)
     save_analysis(analysis, output_path)
@@ -578,4 +700,5 @@ def _photo_references(identity, photos: list[PhotoFace], harvest: HarvestSetting
     return sorted(out, key=lambda r: -r.reference.reliability)
 
 
-__all__ = ["AnalyzeSettings", "analyze_video", "default_output", "refs_folder", "parse_ref_spec", "AnalysisStream"]
+__all__ = ["ROTATION_MODES", "AnalyzeSettings", "AnalysisStream", "OrientationVote", "analyze_video", "default_output",
+           "looks_upright", "parse_ref_spec", "refs_folder", "rotation_candidates"]

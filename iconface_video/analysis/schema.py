@@ -57,6 +57,7 @@ SCHEMA: dict[str, Any] = {
                 "frame_count": {"type": "integer", "minimum": 0},
                 "fps": {"type": "number", "exclusiveMinimum": 0},
                 "rotation": {"type": "integer"},
+                "detect_rotation": {"enum": [0, 90, 180, 270]},  # optional: files before it lack it
             },
         },
         "shots": {"type": "array", "items": {

@@ -7,11 +7,15 @@ which is marked failed with the reason.
 
 Work items:
 
-- ``file``: the whole input through ``iconface_video.pipeline.run_job`` (exactly what the main
-  command does, so a batch output equals a single run's frame for frame);
-- ``shots`` then ``segments`` (``--split-shots``): find the shot starts, then encode groups of
-  the segmented encoder's segments as independent items; the driver joins them when the last
-  one is in (``iconface_video.batch.split``).
+- ``file``: the whole input through ``iconface_video.pipeline.restore_file``, analysis then
+  render (exactly what the main command does, so a batch output equals a single run's frame
+  for frame);
+- ``analyze`` then ``segments`` (``--split-shots``): analyse the whole file once, then restore
+  and encode groups of the render's segments (which start at shot starts) as independent items
+  against that analysis; the driver joins them when the last one is in
+  (``iconface_video.batch.split``).
+
+A worker process loads the restorer once (``WorkerModels``) and reuses it for every item.
 
 Items are dispatched lazily, at most one per free worker, and the driver takes an input's lock
 only when it dispatches that input's first item: two batch runs sharing an output folder (two
@@ -45,13 +49,13 @@ from iconface_video.errors import InputError, OutputError, UserError
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".m4v", ".avi", ".webm", ".ts", ".m2ts", ".mts", ".mpg", ".mpeg", ".wmv",
                   ".flv", ".nut")
 Emit = Callable[..., None]  # emit(event_name, **fields)
-ItemKind = Literal["file", "shots", "segments"]
+ItemKind = Literal["file", "analyze", "segments"]
 
 
 @dataclass(frozen=True)
 class WorkItem:
-    """One unit of work. ``segments`` (kind "segments") are indices into the split plan's ranges;
-    ``boundaries`` are the shot starts that plan was made with."""
+    """One unit of work. ``segments`` (kind "segments") are indices into the render's segment
+    ranges; ``boundaries`` (shot starts) and ``process_key`` (work folder) name that render."""
 
     kind: ItemKind
     key: str
@@ -59,6 +63,7 @@ class WorkItem:
     output: str
     segments: tuple[int, ...] = ()
     boundaries: tuple[int, ...] = ()
+    process_key: str = ""
 
     @property
     def id(self) -> str:
@@ -69,7 +74,8 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class ItemResult:
-    """How an item ended. ``value``: the shot starts (kind "shots"); ``traceback``: internal errors only."""
+    """How an item ended. ``boundaries`` and ``process_key`` (kind "analyze"): the render's shot
+    starts and work-folder key, to split it by; ``traceback``: internal errors only."""
 
     item: WorkItem
     ok: bool
@@ -77,8 +83,21 @@ class ItemResult:
     frames: int | None = None
     seconds: float = 0.0
     worker: str = ""
-    value: tuple[int, ...] = ()
+    boundaries: tuple[int, ...] = ()
+    process_key: str = ""
     traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What every file of a batch goes through: the main command's options.
+
+    ``options`` is a ``render.RenderOptions`` (restoration and encoding), ``analyze`` an
+    ``analysis.AnalyzeSettings`` (typed loosely: this module must not import torch).
+    """
+
+    options: Any
+    analyze: Any
 
 
 @dataclass(frozen=True)
@@ -136,19 +155,44 @@ def output_for(input_path: Path, out_dir: Path) -> Path:
     return out_dir / input_path.name
 
 
-def settings_json(settings: Any, split_shots: bool) -> dict[str, Any]:
+def settings_json(spec: JobSpec, split_shots: bool) -> dict[str, Any]:
     """The settings recorded in the manifest; a rerun with different ones redoes finished files."""
-    data = asdict(settings)
-    data.pop("overwrite", None)  # the batch decides that per file
-    data["split_shots"] = split_shots
+    options = asdict(spec.options)
+    options.pop("overwrite", None)  # the batch decides that per file
+    data = {"options": options, "analyze": asdict(spec.analyze), "split_shots": split_shots}
     return json.loads(json.dumps(data, default=str))
 
 
-def models_in_use(models_dir: str | Path | None = None) -> dict[str, str]:
-    """Catalogued models found on this machine, with their pinned SHA-256 (or "unpinned")."""
+def models_in_use(checkpoint: str | None, models_dir: str | Path | None = None) -> dict[str, str]:
+    """The catalogued models found on this machine, with their pinned SHA-256, and the restorer
+    as ``restorer``: the checkpoint's file name and SHA-256 (``checkpoint`` None: the embedded one)."""
     from iconface_video.weights import MODELS, is_present
 
-    return {m.name: (m.files[0].sha256 or "unpinned") for m in MODELS if is_present(m, models_dir)}
+    models = {m.name: (m.files[0].sha256 or "unpinned") for m in MODELS if is_present(m, models_dir)}
+    models["restorer"] = restorer_version(checkpoint)
+    return models
+
+
+def restorer_version(checkpoint: str | None) -> str:
+    """``"NAME sha256:HEX"`` of the restorer checkpoint a batch will load (None: the embedded one).
+
+    A missing checkpoint is a one-line error here, before any worker starts.
+    """
+    import hashlib
+
+    from iconface_video.core.restorer import EMBEDDED_CHECKPOINT
+    from iconface_video.errors import MissingModelError
+
+    path = Path(checkpoint) if checkpoint else EMBEDDED_CHECKPOINT
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as error:
+        raise MissingModelError(f"restorer checkpoint {path} cannot be read ({error.strerror}); "
+                                "pass one with --checkpoint") from None
+    return f"{path.name} sha256:{digest.hexdigest()}"
 
 
 @dataclass(frozen=True)
@@ -171,11 +215,16 @@ def plan(inputs: Sequence[Path], options: BatchOptions, settings: dict[str, Any]
     """
     out_dir = options.out_dir
     by_name: dict[str, Path] = {}
+    by_stem: dict[str, Path] = {}
     for path in inputs:
         other = by_name.setdefault(path.name, path)
         if other != path:
             raise InputError(f"{other} and {path} would both be written to {output_for(path, out_dir)}; "
                              "run them into different output folders")
+        other = by_stem.setdefault(path.stem, path)
+        if other != path:
+            raise InputError(f"{other} and {path} would both write their analysis to "
+                             f"{out_dir / (path.stem + '.iconface.json')}; run them into different output folders")
         if output_for(path, out_dir).resolve() == path:
             raise InputError(f"{path}: the output folder is the input's folder; choose another with -o")
     existing = read_manifest(manifest_path(out_dir))
@@ -203,7 +252,8 @@ def _skip_reason(record: FileRecord | None, new: FileRecord, output: Path, optio
         if output.exists() and not options.overwrite:
             return "output exists but was not made by this batch; pass --overwrite to replace it"
         return None
-    if record.state == "done" and output.exists() and record.settings == new.settings:
+    same_model = record.models.get("restorer") == new.models.get("restorer")
+    if record.state == "done" and output.exists() and record.settings == new.settings and same_model:
         return "done"
     if record.state == "failed" and not options.retry_failed:
         return f"failed before ({record.reason}); not retried"
@@ -214,37 +264,60 @@ def _skip_reason(record: FileRecord | None, new: FileRecord, output: Path, optio
 # Executing one item (in a worker process or a Ray task)
 
 
-def execute(item: WorkItem, settings: Any, progress: Any = None, worker: str = "") -> ItemResult:
+class WorkerModels:
+    """The models one worker process keeps from item to item: the restorer, loaded for its first
+    item and reused for every later one. (The analysis's detector and embedder are still loaded
+    per file: ``pipeline.restore_file`` takes no loaded ones.)"""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self._spec = spec
+        self._restorer: Any = None
+
+    def restorer(self) -> Any:
+        if self._restorer is None:
+            from iconface_video.render.render import load_restorer, resolve_device
+
+            options = self._spec.options
+            self._restorer = load_restorer(options, resolve_device(options.device))
+        return self._restorer
+
+
+def execute(item: WorkItem, spec: JobSpec, progress: Any = None, worker: str = "",
+            models: WorkerModels | None = None) -> ItemResult:
     """Run one work item; never raises for a failure of the item itself (the result says why).
 
-    ``settings`` is the ``JobSettings`` of the batch; ``progress`` a ``Progress`` for the stages.
+    ``spec`` is the batch's ``JobSpec``; ``progress`` a ``Progress`` for the stages; ``models``
+    the calling worker's loaded models (None: load them for this item alone).
     """
     started = time.perf_counter()
     try:
-        frames, value = _execute(item, settings, progress)
+        frames, split = _execute(item, spec, progress, models or WorkerModels(spec))
     except UserError as error:
         return ItemResult(item, False, str(error), seconds=time.perf_counter() - started, worker=worker)
     except Exception as error:  # a bug or an environment problem: keep the traceback for the report
         reason = f"internal error: {type(error).__name__}: {error}"
         return ItemResult(item, False, reason, seconds=time.perf_counter() - started, worker=worker,
                           traceback=traceback.format_exc(limit=8))
-    return ItemResult(item, True, frames=frames, seconds=time.perf_counter() - started, worker=worker, value=value)
+    return ItemResult(item, True, frames=frames, seconds=time.perf_counter() - started, worker=worker,
+                      boundaries=split.boundaries if split else (), process_key=split.process_key if split else "")
 
 
-def _execute(item: WorkItem, settings: Any, progress: Any) -> tuple[int | None, tuple[int, ...]]:
+def _execute(item: WorkItem, spec: JobSpec, progress: Any, models: WorkerModels) -> tuple[int | None, Any]:
+    """(frames encoded, the ``split.SplitPlan`` of an "analyze" item or None)."""
     if item.kind == "file":
-        from iconface_video.pipeline import run_job
+        from iconface_video.pipeline import restore_file
 
-        result = run_job(item.input, item.output, replace(settings, overwrite=True), progress=progress)
-        return result.frames, ()
+        # overwrite: the output is this batch's own (planning refused foreign ones). The analysis
+        # goes beside the output, as the main command puts it.
+        report = restore_file(item.input, item.output, replace(spec.options, overwrite=True), spec.analyze,
+                              progress, restorer=models.restorer())
+        return report.frames, None
     from iconface_video.batch import split
 
-    if item.kind == "shots":
-        starts = split.find_shot_starts(item.input, progress)
-        return None, starts
-    frames = split.encode_segments(item.input, item.output, split.split_settings(settings, item.boundaries),
-                                   item.segments, progress)
-    return frames, ()
+    if item.kind == "analyze":
+        return None, split.analyze(item.input, item.output, spec, models.restorer(), progress)
+    plan = split.SplitPlan(item.boundaries, item.process_key)
+    return split.render_segments(item.input, item.output, spec, plan, item.segments, models.restorer(), progress), None
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,7 +380,7 @@ class _PipeWriter(io.TextIOBase):
 
 
 def _worker_main(spec: WorkerSpec, conn: Any) -> None:
-    """A local worker process: receive the job settings, then run items from ``conn`` until ``None``."""
+    """A local worker process: receive the ``JobSpec``, then run items from ``conn`` until ``None``."""
     # First of all, so CUDA sees only this worker's device and torch sizes its thread pool from
     # OMP_NUM_THREADS. The settings come over the pipe, not as an argument, because unpickling
     # them imports the pipeline, which must happen after this.
@@ -316,13 +389,21 @@ def _worker_main(spec: WorkerSpec, conn: Any) -> None:
     # Ctrl-C reaches the whole process group; the driver decides (it stops the workers itself),
     # so workers do not each print a KeyboardInterrupt traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threads = spec.env.get("OMP_NUM_THREADS")
+    if threads:  # CPU workers split the cores between them (torch's pool, OpenCV's)
+        import cv2
+        import torch
+
+        torch.set_num_threads(int(threads))
+        cv2.setNumThreads(int(threads))
     from iconface_video.progress import Progress
 
-    settings = conn.recv()
+    job = conn.recv()
+    models = WorkerModels(job)  # one restorer per worker process, reused for every file
     while (item := conn.recv()) is not None:
         conn.send(("start", item, spec.name))
         progress = Progress(json_lines=True, json_out=_PipeWriter(conn, item, spec.name))
-        conn.send(("end", execute(item, settings, progress, spec.name)))
+        conn.send(("end", execute(item, job, progress, spec.name, models)))
 
 
 def _drain(conn: Any) -> list[tuple]:
@@ -358,7 +439,7 @@ class LocalBackend:
     takes its place.
     """
 
-    def __init__(self, specs: Sequence[WorkerSpec], settings: Any, max_restarts: int = 8) -> None:
+    def __init__(self, specs: Sequence[WorkerSpec], settings: JobSpec, max_restarts: int = 8) -> None:
         self._ctx = multiprocessing.get_context("spawn")  # fork + CUDA/threads is unsafe
         self._settings = settings
         self._workers: dict[str, tuple[Any, Any]] = {}  # name -> (process, connection)
@@ -454,6 +535,7 @@ class _FileState:
     lock: locks.FileLock | None = None
     waiting: set[str] = field(default_factory=set)  # ids of items still out
     boundaries: tuple[int, ...] = ()
+    process_key: str = ""
     frames: int = 0
     failure: str | None = None
     started: float = 0.0
@@ -476,7 +558,7 @@ class Driver:
         self.summary = Summary()
 
     def _first_item(self, record: FileRecord) -> WorkItem:
-        kind: ItemKind = "shots" if self.options.split_shots else "file"
+        kind: ItemKind = "analyze" if self.options.split_shots else "file"
         return WorkItem(kind, Path(record.output).name, record.input, record.output)
 
     def run(self) -> Summary:
@@ -557,8 +639,8 @@ class Driver:
             state.failure = state.failure or result.reason
             if result.traceback:
                 self.emit("traceback", file=item.input, traceback=result.traceback)
-        elif item.kind == "shots":
-            self._queue_segments(item, result.value)
+        elif item.kind == "analyze":
+            self._queue_segments(item, result.boundaries, result.process_key)
         elif item.kind == "segments":
             state.frames += result.frames or 0
             self.emit("segment_done", file=item.input, segments=list(item.segments), frames=result.frames,
@@ -571,20 +653,21 @@ class Driver:
             self._join(state)
         self._close_file(state)
 
-    def _queue_segments(self, item: WorkItem, shot_starts: tuple[int, ...]) -> None:
+    def _queue_segments(self, item: WorkItem, boundaries: tuple[int, ...], process_key: str) -> None:
         from iconface_video.batch import split
 
         state = self.files[item.key]
-        state.boundaries = shot_starts
+        state.boundaries, state.process_key = boundaries, process_key
         try:
-            plan = split.plan_for(item.input, item.output, split.split_settings(self.settings, shot_starts))
+            plan = split.plan_for(item.input, item.output, self.settings, split.SplitPlan(boundaries, process_key))
         except UserError as error:
             state.failure = str(error)
             return
         groups = split.group_segments(plan.ranges, plan.pending(), self.options.min_task_frames)
-        items = [WorkItem("segments", item.key, item.input, item.output, group, shot_starts) for group in groups]
+        items = [WorkItem("segments", item.key, item.input, item.output, group, boundaries, process_key)
+                 for group in groups]
         state.waiting.update(i.id for i in items)
-        self.emit("file_split", file=item.input, shots=len(shot_starts), segments=len(plan.ranges),
+        self.emit("file_split", file=item.input, shots=len(boundaries) + 1, segments=len(plan.ranges),
                   tasks=len(groups), reused=len(plan.ranges) - len(plan.pending()))
         # To the front of the queue: finish files one by one rather than all at the end.
         self.queue.extendleft(reversed(items))
@@ -596,8 +679,8 @@ class Driver:
         record = state.record
         started = time.perf_counter()
         try:
-            settings = split.split_settings(self.settings, state.boundaries)
-            plan = split.plan_for(record.input, record.output, settings)
+            plan = split.plan_for(record.input, record.output, self.settings,
+                                  split.SplitPlan(state.boundaries, state.process_key))
             warnings = finish(plan, overwrite=True)
         except UserError as error:
             state.failure = str(error)
@@ -631,9 +714,12 @@ class Driver:
             state.lock = None
 
 
-def run_batch(inputs: Sequence[Path], settings: Any, options: BatchOptions, backend_factory: Callable[[], Backend],
+def run_batch(inputs: Sequence[Path], settings: JobSpec, options: BatchOptions, backend_factory: Callable[[], Backend],
               emit: Emit, models: dict[str, str] | None = None) -> Summary:
-    """Plan, run and summarise one batch; ``backend_factory`` is called only if there is work."""
+    """Plan, run and summarise one batch; ``backend_factory`` is called only if there is work.
+
+    ``models`` (what the manifest records; None: ``models_in_use``) is for tests and benchmarks.
+    """
     from iconface_video.io.writer import check_output_folder
 
     try:
@@ -641,7 +727,8 @@ def run_batch(inputs: Sequence[Path], settings: Any, options: BatchOptions, back
     except OSError as error:
         raise OutputError(f"{options.out_dir}: cannot create the output folder ({error.strerror})") from None
     check_output_folder(manifest_path(options.out_dir))
-    models = models_in_use() if models is None else models
+    if models is None:
+        models = models_in_use(settings.options.checkpoint, settings.analyze.models_dir)
     records, skipped = plan(inputs, options, settings_json(settings, options.split_shots), models)
     emit("batch_start", files=len(inputs), todo=len(records), skipped=len(skipped),
          output_dir=str(options.out_dir), manifest=str(manifest_path(options.out_dir)))

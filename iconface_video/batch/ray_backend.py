@@ -11,6 +11,9 @@ manifest and lock files and does the final joins, so the inputs and the output f
 the same paths on every node (NFS, a cluster filesystem), and every node needs the same
 iconface-video installed; results then land in the folder exactly as in a local run. Per-frame
 progress stays on the workers; the driver reports each item's start and end.
+
+Each task loads the restorer itself (local workers load it once and keep it): a task is the
+unit Ray schedules and retries, and loading is seconds against minutes of restoration per file.
 """
 
 from __future__ import annotations

@@ -1,53 +1,109 @@
-"""Split one long video at shot boundaries into frame ranges processed by independent tasks.
+"""Split one long video at shot boundaries into frame ranges restored by independent tasks.
 
-The segmented encoder (``iconface_video.io.transcode``) already cuts a job into segments that
-start at given boundaries; a split run passes the video's shot starts as those boundaries,
-hands groups of consecutive segments to different workers or Ray tasks (``encode_range``), and
-joins them with ``finish``. Because each segment is an independent encode of the same frames
-with the same settings, the joined file equals a single-process ``run_job`` with the same
-boundaries bit for bit, and has the same frames, pts and audio packets as one without.
+The render (``iconface_video.render.render``) already cuts its encode into segments that start
+at every shot start, where all its temporal state restarts. A split run therefore:
 
-Cutting at shots costs nothing in quality: face tracks and temporal smoothing never cross a
-cut, and an encoder starts a new GOP at a cut anyway. Groups hold at least ``min_frames``
-frames, so a fast-cut trailer does not become hundreds of tiny tasks.
+1. analyses the whole file once (``analyze``: the main command's analysis, into the same file
+   beside the output), and decides the render's segments and work folder from it;
+2. hands groups of consecutive segments to different workers or Ray tasks (``render_segments``:
+   each builds the render's frame transform against that analysis file and encodes its ranges
+   into the shared work folder);
+3. joins them with ``finish`` (the driver, when the last task is in).
+
+Each segment is the same frames restored and encoded with the same settings as in a single
+run, so the joined file equals the main command's output on the same file bit for bit (given a
+reproducible encoder setting, e.g. x264 ``ultrafast``). Groups hold at least ``min_frames``
+frames, so a fast-cut trailer does not become hundreds of tiny tasks. Unlike the main command,
+a split run writes no render report (HTML page, ``render`` section of the analysis file): no
+single process sees every frame.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
-from iconface_video.io.transcode import SegmentPlan, make_plan
-from iconface_video.pipeline import JobSettings
+from iconface_video.errors import UserError
+from iconface_video.io.transcode import SegmentPlan, contiguous_runs, encode_stream, make_plan
 from iconface_video.progress import Progress
 from iconface_video.types import Frame
 
 
-def find_shot_starts(path: str | os.PathLike, progress: Progress | None = None) -> tuple[int, ...]:
-    """First frame of every shot of ``path`` (0 first), from one streaming decode (stage "shots")."""
-    from iconface_video.analysis.shots import ShotDetector
+@dataclass(frozen=True)
+class SplitPlan:
+    """What the driver needs to split and join a file: the render's shot-start ``boundaries`` and
+    its work-folder key ``process_key`` (from ``analyze``)."""
+
+    boundaries: tuple[int, ...]
+    process_key: str
+
+
+def render_options(spec: Any) -> Any:
+    """The ``RenderOptions`` a split task renders with: as ``pipeline.restore_file`` passes them
+    to the render (``--refs`` photos went into the analysis; the batch owns its outputs)."""
+    return replace(spec.options, refs=(), overwrite=True)
+
+
+def analysis_path(output_path: str | os.PathLike) -> Path:
+    """The analysis file of an output, where the main command puts it (``OUT.iconface.json``)."""
+    output_path = Path(output_path)
+    return output_path.with_name(f"{output_path.stem}.iconface.json")
+
+
+def analyze(input_path: str, output_path: str, spec: Any, restorer: Any, progress: Progress | None = None) -> SplitPlan:
+    """Analyse ``input_path`` as the main command does, then decide the render's segments.
+
+    ``spec`` is the batch's ``JobSpec``; ``restorer`` the worker's loaded one (its weights name
+    the work folder). Stages "analyze" (the analysis's own progress).
+    """
+    from iconface_video.analysis.analyze import analyze_video
     from iconface_video.io.probe import probe
+    from iconface_video.render.render import frame_range, prepare_render, resolve_device
+
+    options = spec.options
+    info = probe(input_path)  # a bad input fails here, in one line, before the analysis
+    start, end = frame_range(input_path, options.start, options.end, info)
+    # The settings restore_file gives the analysis: --refs photos pin names and add references.
+    settings = replace(spec.analyze, refs=tuple((name, Path(folder)) for name, folder in options.refs),
+                       start=start, end=end, device=str(resolve_device(options.device)))
+    analyze_video(input_path, analysis_path(output_path), settings, progress)
+    prepared = prepare_render(analysis_path(output_path), input_path, output_path, render_options(spec),
+                              restorer=restorer)
+    return SplitPlan(prepared.settings.boundaries, prepared.settings.process_key)
+
+
+def plan_for(input_path: str | os.PathLike, output_path: str | os.PathLike, spec: Any, split: SplitPlan) -> SegmentPlan:
+    """The segment plan the render makes for this file (same work folder, same ranges)."""
+    return make_plan(input_path, output_path, spec.options.encode_settings(), None, split.boundaries, split.process_key)
+
+
+def render_segments(input_path: str, output_path: str, spec: Any, split: SplitPlan, indices: tuple[int, ...],
+                    restorer: Any, progress: Progress | None = None) -> int:
+    """Restore and encode segments ``indices`` of the render (skipping finished ones) against the
+    file's analysis; returns the frames encoded. Reports one "encode" stage over this task's frames.
+    """
     from iconface_video.io.reader import read_frames
+    from iconface_video.render.render import frame_process, prepare_render
 
-    detector = ShotDetector()
-    starts: list[int] = []
-    with (progress or Progress.silent()).stage("shots", total=probe(path).frame_count) as bar:
-        for frame in read_frames(path):
-            starts.extend(b.frame_index for b in detector.push(frame.index, frame.image) if b.transition)
-            bar.update(1)
-    starts.extend(b.frame_index for b in detector.flush() if b.transition)
-    return tuple(starts)
-
-
-def split_settings(settings: JobSettings, shot_starts: tuple[int, ...]) -> JobSettings:
-    """``settings`` with segments starting at every shot start (as well as its own boundaries)."""
-    return replace(settings, boundaries=tuple(sorted({*settings.boundaries, *shot_starts})))
-
-
-def plan_for(input_path: str | os.PathLike, output_path: str | os.PathLike, settings: JobSettings) -> SegmentPlan:
-    """The segment plan ``run_job`` would make for these arguments (same work folder, same ranges)."""
-    return make_plan(input_path, output_path, settings.encode, None, settings.boundaries, settings.process_key)
+    options = render_options(spec)
+    prepared = prepare_render(analysis_path(output_path), input_path, output_path, options, restorer=restorer)
+    if prepared.settings.process_key != split.process_key:
+        raise UserError(f"{analysis_path(output_path)}: changed since this file was split; run the batch again")
+    plan = plan_for(input_path, output_path, spec, split)
+    done = plan.done()
+    todo = [i for i in indices if not done[i]]
+    total = sum(plan.ranges[i][1] - plan.ranges[i][0] for i in todo)
+    _, _, process = frame_process(prepared, options)
+    with (progress or Progress.silent()).stage("encode", total=total) as bar:
+        for run in contiguous_runs(todo):
+            start, end = plan.ranges[run[0]][0], plan.ranges[run[-1]][1]
+            # One process call per run of whole segments, as run_job makes on a resume.
+            for _ in encode_stream(plan, run, _counted(process(read_frames(input_path, start, end)), bar.update)):
+                pass
+    return total
 
 
 def group_segments(ranges: tuple[tuple[int, int], ...], pending: list[int], min_frames: int) -> list[tuple[int, ...]]:
@@ -69,27 +125,6 @@ def group_segments(ranges: tuple[tuple[int, int], ...], pending: list[int], min_
     if len(groups) > 1 and frames < min_frames and groups[-2][-1] == groups[-1][0] - 1:
         groups[-2].extend(groups.pop())
     return [tuple(g) for g in groups]
-
-
-def encode_segments(input_path: str, output_path: str, settings: JobSettings, indices: tuple[int, ...],
-                    progress: Progress | None = None) -> int:
-    """Encode segments ``indices`` of the split plan (skipping finished ones); returns frames encoded.
-
-    Reports one "encode" stage over this task's frames. Restoration will plug in here the same
-    way as into ``run_job`` (its ``process``, applied to ``read_frames``' output).
-    """
-    from iconface_video.io.reader import read_frames
-    from iconface_video.io.transcode import encode_frames
-
-    plan = plan_for(input_path, output_path, settings)
-    done = plan.done()
-    todo = [i for i in indices if not done[i]]
-    total = sum(plan.ranges[i][1] - plan.ranges[i][0] for i in todo)
-    with (progress or Progress.silent()).stage("encode", total=total) as bar:
-        for i in todo:
-            start, end = plan.ranges[i]
-            encode_frames(plan, i, _counted(read_frames(input_path, start, end), bar.update))
-    return total
 
 
 def _counted(frames: Iterator[Frame], update: Callable[[int], None]) -> Iterator[Frame]:

@@ -21,6 +21,10 @@ import click
               show_default=True, help="Face detector (auto: the strongest whose weights are present).")
 @click.option("--embedder", type=click.Choice(["dlib", "arcface", "adaface"]), default="dlib", show_default=True,
               help="Identity encoder for tracking and identities.")
+@click.option("--rotation", type=click.Choice(["auto", "tag", "none", "0", "90", "180", "270"]), default="auto",
+              show_default=True,
+              help="Which way the face detector turns frames: auto (tries each way on the first faces; for files "
+                   "whose rotation tag is wrong), tag (as the container says), none (as stored), or degrees CCW.")
 @click.option("--models-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder holding downloaded model weights.")
 @click.option("--device", default="cpu", show_default=True, help="torch device for the detector (cpu, cuda, cuda:1).")
@@ -29,7 +33,7 @@ import click
 @click.option("--no-contact-sheets", is_flag=True, help="Do not write the per-identity contact sheets.")
 @click.option("--json", "json_lines", is_flag=True, help="Progress as JSON lines on stdout (for scripts).")
 def command(video: Path, output: Path | None, detect_every: int, refs: tuple[str, ...], max_refs: int,
-            detector: str, embedder: str, models_dir: Path | None, device: str, start: int | None, end: int | None,
+            detector: str, embedder: str, rotation: str, models_dir: Path | None, device: str, start: int | None, end: int | None,
             no_contact_sheets: bool, json_lines: bool) -> None:
     """Find shots, face tracks, identities and references in VIDEO; write the analysis file.
 
@@ -43,7 +47,7 @@ def command(video: Path, output: Path | None, detect_every: int, refs: tuple[str
     settings = AnalyzeSettings(
         detect_every=detect_every, max_refs=max_refs, detector=detector, embedder=embedder, models_dir=models_dir,
         device=device, refs=tuple(parse_ref_spec(spec) for spec in refs), start=start, end=end,
-        contact_sheets=not no_contact_sheets,
+        contact_sheets=not no_contact_sheets, rotation=rotation,
     )
     output = output or default_output(video)
     progress = Progress.create(json_lines=json_lines)

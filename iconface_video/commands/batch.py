@@ -1,7 +1,9 @@
 """``iconface-video batch "season1/*.mkv" -o restored/``: many videos through a resumable queue.
 
-The encode options are the main command's own (taken from ``commands/run.py``), so a batch
-output equals ``iconface-video run`` on the same file with the same options.
+Every file runs the main command's whole job (analysis, then restoration) with the main
+command's own restoration, encode and analysis options (the same click decorators), so a batch
+output equals ``iconface-video VIDEO`` on the same file with the same options, and its analysis
+file lands beside it (``OUT_DIR/e01.iconface.json``).
 """
 
 from __future__ import annotations
@@ -14,19 +16,9 @@ from typing import Any
 
 import click
 
-from iconface_video.commands.run import command as run_command
+from iconface_video.commands.render import options_from, render_options
+from iconface_video.commands.run import analysis_options, analyze_settings
 from iconface_video.errors import UserError
-
-# The main command's options that decide the output; the batch passes them on unchanged.
-ENCODE_OPTIONS = ("codec", "crf", "preset", "pix_fmt", "segment_frames")
-
-
-def _shared_options(function):
-    """Attach the main command's encode options (the same click objects, so help and checks match)."""
-    # click reverses the decorator-collected list when it builds the command, hence reversed().
-    function.__click_params__ = [*getattr(function, "__click_params__", []),
-                                 *reversed([p for p in run_command.params if p.name in ENCODE_OPTIONS])]
-    return function
 
 
 def _parse_devices(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
@@ -91,28 +83,40 @@ class Reporter:
               help="With --split-shots: frames per task at least (short shots are grouped).")
 @click.option("--overwrite", is_flag=True, help="Replace outputs in the folder that this batch did not make.")
 @click.option("--no-retry", is_flag=True, help="Leave files that failed in an earlier run alone.")
-@_shared_options
+@render_options
+@analysis_options
 @click.option("--json", "json_lines", is_flag=True, help="Events as JSON lines on stdout (see docs/json-events.md).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary.")
 def command(inputs: tuple[str, ...], output_dir: Path, workers: int | None, devices: list[str] | None,
             ray_address: str | None, split_shots: bool, min_task_frames: int, overwrite: bool, no_retry: bool,
-            json_lines: bool, quiet: bool, **encode: Any) -> None:
+            json_lines: bool, quiet: bool, detect_every: int, detector: str, embedder: str, max_refs: int,
+            models_dir: Path | None, **params: Any) -> None:
     """Restore VIDEOS (paths, quoted globs like "season1/*.mkv", or folders) into OUTPUT_DIR.
 
     A manifest in OUTPUT_DIR records every file's state; a rerun skips what is done, retries what
     failed and resumes what was interrupted. One bad file never stops the batch; the exit code
     is 1 if any file failed.
     """
-    from iconface_video.batch.queue import BatchOptions, LocalBackend, expand_inputs, run_batch, worker_specs
-    from iconface_video.io.writer import EncodeSettings
-    from iconface_video.pipeline import JobSettings
+    from iconface_video.batch.queue import (
+        BatchOptions,
+        JobSpec,
+        LocalBackend,
+        expand_inputs,
+        run_batch,
+        worker_specs,
+    )
 
+    if params["dry_run"]:
+        raise UserError("batch: --dry-run is for one file; run iconface-video VIDEO --dry-run")
+    if split_shots and params["preview"]:
+        raise UserError("--split-shots cannot make --preview videos (input | restored); drop one of them")
     if ray_address is not None and (workers is not None or devices is not None):
         raise UserError("--ray runs on the cluster's resources; leave out --workers and --devices")
     if workers is not None and devices is not None:
         raise UserError("give either --workers (CPU processes) or --devices (one worker per GPU), not both")
     paths = expand_inputs(inputs)
-    settings = JobSettings(encode=EncodeSettings(**encode))
+    settings = JobSpec(options=options_from(params),
+                       analyze=analyze_settings(detect_every, detector, embedder, max_refs, models_dir))
     options = BatchOptions(out_dir=output_dir.resolve(), split_shots=split_shots, min_task_frames=min_task_frames,
                            overwrite=overwrite, retry_failed=not no_retry)
     if ray_address is not None:

@@ -15,26 +15,41 @@ import click
 from iconface_video.commands.render import options_from, render_options
 
 
+def analysis_options(function):
+    """The analysis options of the main command (``batch`` reuses them); see ``analyze_settings``."""
+    options = [
+        click.option("--detect-every", type=click.IntRange(1), default=1, show_default=True,
+                     help="Run the face detector every k-th frame and interpolate between (faster)."),
+        click.option("--detector", type=click.Choice(["auto", "mtcnn", "insightface", "facexlib"]), default="auto",
+                     show_default=True, help="Face detector (auto: the best whose weights are present)."),
+        click.option("--embedder", type=click.Choice(["dlib", "arcface", "adaface"]), default="dlib",
+                     show_default=True, help="Identity embedder used to link tracks into people."),
+        click.option("--rotation", type=click.Choice(["auto", "tag", "none", "0", "90", "180", "270"]),
+                     default="auto", show_default=True,
+                     help="Which way the face detector turns frames: auto (tries each way on the first faces; for "
+                          "files whose rotation tag is wrong), tag (as the container says), none (as stored), or "
+                          "degrees CCW."),
+        click.option("--max-refs", type=click.IntRange(0), default=4, show_default=True,
+                     help="References harvested per person."),
+        click.option("--models-dir", type=click.Path(path_type=Path), default=None,
+                     help="Folder with downloaded weights (also $ICONFACE_MODELS)."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
 @click.command(name="run")
 @click.argument("input_path", metavar="VIDEO", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output_path", type=click.Path(path_type=Path), default=None,
               help="Output file [default: VIDEO.restored.<ext> beside the input].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @render_options
-@click.option("--detect-every", type=click.IntRange(1), default=1, show_default=True,
-              help="Run the face detector every k-th frame and interpolate between (faster).")
-@click.option("--detector", type=click.Choice(["auto", "mtcnn", "insightface", "facexlib"]), default="auto",
-              show_default=True, help="Face detector (auto: the best whose weights are present).")
-@click.option("--embedder", type=click.Choice(["dlib", "arcface", "adaface"]), default="dlib", show_default=True,
-              help="Identity embedder used to link tracks into people.")
-@click.option("--max-refs", type=click.IntRange(0), default=4, show_default=True,
-              help="References harvested per person.")
-@click.option("--models-dir", type=click.Path(path_type=Path), default=None,
-              help="Folder with downloaded weights (also $ICONFACE_MODELS).")
+@analysis_options
 @click.option("--json", "json_lines", is_flag=True, help="Progress as JSON lines on stdout instead of a bar.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def command(input_path: Path, output_path: Path | None, detect_every: int, detector: str, embedder: str,
-            max_refs: int, models_dir: Path | None, json_lines: bool, quiet: bool, **params) -> None:
+            rotation: str, max_refs: int, models_dir: Path | None, json_lines: bool, quiet: bool, **params) -> None:
     """Restore every face in VIDEO; write VIDEO.restored.<ext> (input untouched).
 
     Timing, audio, subtitles, colour tags and rotation are kept. An interrupted run resumes
@@ -47,12 +62,13 @@ def command(input_path: Path, output_path: Path | None, detect_every: int, detec
     if options.dry_run:
         # Nothing may be written, not even the analysis: keep it in a temporary folder.
         with tempfile.TemporaryDirectory(prefix="iconface-dry-run-") as scratch:
-            report = restore_file(input_path, output_path, options, _analyze_settings(
-                detect_every, detector, embedder, max_refs, models_dir), progress, analysis_dir=Path(scratch))
+            report = restore_file(input_path, output_path, options, analyze_settings(
+                detect_every, detector, embedder, max_refs, models_dir, rotation=rotation), progress, analysis_dir=Path(scratch))
         click.echo(report.summary())
         return
     report = restore_file(input_path, output_path, options,
-                          _analyze_settings(detect_every, detector, embedder, max_refs, models_dir), progress)
+                          analyze_settings(detect_every, detector, embedder, max_refs, models_dir,
+                                           rotation=rotation), progress)
     if json_lines:
         progress.event("render", stage="render", report=report.to_json())
     elif not quiet:
@@ -65,8 +81,10 @@ def _progress(json_lines: bool, quiet: bool):
     return Progress.create(json_lines=json_lines, enabled=not quiet)
 
 
-def _analyze_settings(detect_every: int, detector: str, embedder: str, max_refs: int, models_dir: Path | None):
+def analyze_settings(detect_every: int, detector: str, embedder: str, max_refs: int, models_dir: Path | None,
+                     rotation: str = "auto"):
+    """``AnalyzeSettings`` from the values of ``analysis_options``."""
     from iconface_video.analysis.analyze import AnalyzeSettings
 
-    return AnalyzeSettings(detect_every=detect_every, detector=detector, embedder=embedder, max_refs=max_refs,
-                           models_dir=models_dir)
+    return AnalyzeSettings(detect_every=detect_every, detector=detector, embedder=embedder, rotation=rotation,
+                           max_refs=max_refs, models_dir=models_dir)

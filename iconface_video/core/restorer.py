@@ -67,8 +67,8 @@ class Restorer:
                 raise MissingModelError(
                     f"the embedded restorer checkpoint {path} is missing; reinstall iconface-video or pass a checkpoint path")
         model, sidecar = load_checkpoint(path, device=device)
-        # A checkpoint may name the step count it was evaluated best at (sidecar "sampling").
-        steps = int(sidecar.get("sampling", {}).get("steps", 4))
+        # A checkpoint may name the step count it was evaluated best at.
+        steps = int(sidecar.get("training", {}).get("recommended_steps", 4))
         return cls(model, device=device, precision=precision, default_steps=steps)
 
     @property

@@ -5,7 +5,12 @@ of the input file (path, size, mtime), the resolved encoding, the segment ranges
 caller's ``process_key`` (which names whatever transforms the frames), so a rerun with changed
 settings never reuses old work. A rerun after an interruption skips finished segments; because
 each segment is an independent encode of the same frames with the same settings, the joined
-result is identical to an uninterrupted run.
+result is identical to an uninterrupted run, byte for byte, provided the encoder is repeatable.
+With the options ``Encoding.options`` gives, x264, x265, VP9 and SVT-AV1 are, given the same
+library builds, the same CPU instruction sets and the same encoder thread count (by default
+derived from the CPUs the process may use). x264 needed one change for that: see
+``writer.x264_mbtree_is_deterministic``. Segments encoded on a machine that differs in those
+respects are still a valid encode of the same frames at the same settings, but not the same bytes.
 
 Segments of one file may be encoded by different processes or machines sharing the folder
 (e.g. Ray tasks split at shot starts): each calls ``encode_range(plan, i, ...)``; one caller
@@ -95,6 +100,9 @@ def make_plan(
             "size": stat.st_size,
             "mtime_ns": stat.st_mtime_ns,
             "encoding": {k: str(v) for k, v in dataclasses.asdict(encoding).items()},
+            # The options the encoder really gets, so segments made before a change in how they
+            # are derived from the encoding (e.g. mbtree switched off) are never joined to new ones.
+            "options": encoding.options(),
             "ranges": ranges,
             "process": process_key,
             "version": __version__,

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +31,7 @@ from iconface_video.analysis.schema import Analysis, load_analysis
 from iconface_video.errors import InputError, UserError
 from iconface_video.io.probe import VideoInfo, probe
 from iconface_video.io.reader import frame_timestamps
-from iconface_video.io.transcode import segment_ranges
+from iconface_video.io.transcode import FrameProcess, segment_ranges
 from iconface_video.io.writer import EncodeSettings
 from iconface_video.progress import Progress
 from iconface_video.render.engine import FaceEngine, MaskFn
@@ -360,31 +361,45 @@ def _process_key(analysis: Analysis, analysis_path: Path | None, options: Render
     return "render-" + digest.hexdigest()[:16]
 
 
-def render_video(
+@dataclass(frozen=True)
+class PreparedRender:
+    """A render decided up to its first frame (``prepare_render``): which faces, with which
+    references, into which work folder. ``settings`` are ``run_job``'s: the encode settings,
+    the work-folder key (``process_key``) and the shot starts segments begin at (``boundaries``);
+    a caller encoding only some segments uses them with ``io.transcode.make_plan``."""
+
+    analysis: Analysis
+    analysis_path: Path | None
+    input_path: Path
+    output_path: Path
+    info: VideoInfo
+    settings: Any  # pipeline.JobSettings
+    segment_starts: tuple[int, ...]
+    interlace: Any  # interlace.FieldInfo
+    device: torch.device
+    restorer: Any
+    mask: MaskFn
+    plan: Any  # plan.RenderPlan
+    by_identity: dict[int, TrackReferences]
+    names: dict[int, str]
+    report_base: dict[str, Any]
+    timings: dict[str, float]
+
+
+def prepare_render(
     analysis: Analysis | str | os.PathLike,
     input_path: str | os.PathLike | None,
     output_path: str | os.PathLike | None,
     options: RenderOptions = RenderOptions(),
-    progress: Progress | None = None,
     *,
     restorer=None,
     mask: MaskFn | None = None,
     detector=None,
-) -> RenderReport:
-    """Restore the faces of ``analysis``'s tracks in ``input_path``; write ``output_path``.
+) -> PreparedRender:
+    """Everything ``render_video`` decides before decoding (arguments as there); raises the same
+    one-line errors. ``frame_process`` then gives the frame transform."""
+    from iconface_video.pipeline import JobSettings, check_paths
 
-    ``analysis`` is an ``Analysis`` or the path of an analysis file; ``input_path`` None means
-    the video the analysis names; ``output_path`` None means ``VIDEO.restored.<ext>`` (or
-    ``VIDEO.preview.<ext>`` with ``preview``). ``restorer`` (a ``core.restorer.Restorer``),
-    ``mask`` and ``detector`` (for ``--refs`` photos) replace the defaults (tests, the batch
-    runner sharing one loaded model). An interrupted render resumes when run again with the
-    same options. Returns the report, also written into the analysis file (``render``) and, with
-    ``options.html``, as an HTML page beside the output.
-    """
-    from iconface_video.pipeline import JobSettings, check_paths, run_job
-
-    started = time.perf_counter()
-    progress = progress or Progress.silent()
     analysis, input_path, analysis_path = _analysis_and_input(analysis, input_path)
     output_path = Path(output_path) if output_path is not None else default_output_for(input_path, options.preview)
     info = probe(input_path)
@@ -423,45 +438,92 @@ def render_video(
         reference_weights={names[i]: [round(float(w), 4) for w in r.weights] for i, r in by_identity.items() if i in names},
         interlaced=fields.interlaced, device=str(device), restorer=_describe(restorer), mask=mask_kind,
     )
-    if options.dry_run:
-        timings["total"] = time.perf_counter() - started
-        return RenderReport.build(**report_base, timings=timings, dry_run=True)
-
     boundaries = tuple(s.start for s in analysis.shots if s.start > 0)
-    segment_starts = [r[0] for r in segment_ranges(info.frame_count, options.segment_frames, boundaries)]
-    stills = StillCollector(names)
-    engine = FaceEngine(
-        plan,
-        BatchRestorer(restorer, per_track(analysis, {i: with_features(r, restorer) for i, r in by_identity.items()}),
-                      seed=options.seed, steps=options.steps),
-        mask,
-        crop_size=restorer.crop_size,
-        strength=options.strength,
-        temporal=temporal,
-        device=device,
-        batch_size=options.batch_size,
-        segment_starts=segment_starts,
-        preview=options.preview,
-        observer=stills.observe,
-    )
-
-    def process(frames: Iterator[Frame]) -> Iterator[Frame]:
-        if fields.interlaced:
-            frames = deinterlace(frames, fields, segment_starts)
-        return engine.process(frames)
-
+    segment_starts = tuple(r[0] for r in segment_ranges(info.frame_count, options.segment_frames, boundaries))
     settings = JobSettings(encode=options.encode_settings(), overwrite=options.overwrite,
                            process_key=_process_key(analysis, analysis_path, options, restorer),
                            boundaries=boundaries)
+    return PreparedRender(analysis, analysis_path, input_path, output_path, info, settings, segment_starts, fields,
+                          device, restorer, mask, plan, by_identity, names, report_base, timings)
+
+
+def frame_process(prepared: PreparedRender, options: RenderOptions) -> tuple[FaceEngine, StillCollector, FrameProcess]:
+    """The render's frame transform (and its engine and stills, for the report).
+
+    ``process`` may be called on any run of whole segments (frames from a segment start on),
+    one call per run: all state restarts at segment starts, so the frames equal a whole-file
+    render's. Different processes may render different segments of one file this way.
+    """
+    restorer = prepared.restorer
+    stills = StillCollector(prepared.names)
+    engine = FaceEngine(
+        prepared.plan,
+        BatchRestorer(restorer, per_track(prepared.analysis,
+                                          {i: with_features(r, restorer) for i, r in prepared.by_identity.items()}),
+                      seed=options.seed, steps=options.steps),
+        prepared.mask,
+        crop_size=restorer.crop_size,
+        strength=options.strength,
+        temporal=TemporalSettings.from_strength(options.temporal),
+        device=prepared.device,
+        batch_size=options.batch_size,
+        segment_starts=list(prepared.segment_starts),
+        preview=options.preview,
+        observer=stills.observe,
+    )
+    fields = prepared.interlace
+
+    def process(frames: Iterator[Frame]) -> Iterator[Frame]:
+        if fields.interlaced:
+            frames = deinterlace(frames, fields, list(prepared.segment_starts))
+        return engine.process(frames)
+
+    return engine, stills, process
+
+
+def render_video(
+    analysis: Analysis | str | os.PathLike,
+    input_path: str | os.PathLike | None,
+    output_path: str | os.PathLike | None,
+    options: RenderOptions = RenderOptions(),
+    progress: Progress | None = None,
+    *,
+    restorer=None,
+    mask: MaskFn | None = None,
+    detector=None,
+) -> RenderReport:
+    """Restore the faces of ``analysis``'s tracks in ``input_path``; write ``output_path``.
+
+    ``analysis`` is an ``Analysis`` or the path of an analysis file; ``input_path`` None means
+    the video the analysis names; ``output_path`` None means ``VIDEO.restored.<ext>`` (or
+    ``VIDEO.preview.<ext>`` with ``preview``). ``restorer`` (a ``core.restorer.Restorer``),
+    ``mask`` and ``detector`` (for ``--refs`` photos) replace the defaults (tests, the batch
+    runner sharing one loaded model). An interrupted render resumes when run again with the
+    same options. Returns the report, also written into the analysis file (``render``) and, with
+    ``options.html``, as an HTML page beside the output.
+    """
+    from iconface_video.pipeline import run_job
+
+    started = time.perf_counter()
+    progress = progress or Progress.silent()
+    prepared = prepare_render(analysis, input_path, output_path, options, restorer=restorer, mask=mask,
+                              detector=detector)
+    timings = dict(prepared.timings)
+    if options.dry_run:
+        timings["total"] = time.perf_counter() - started
+        return RenderReport.build(**prepared.report_base, timings=timings, dry_run=True)
+
+    engine, stills, process = frame_process(prepared, options)
     job = _run_side_by_side_job if options.preview else run_job
-    result = job(input_path, output_path, settings, process=process, progress=progress)
+    result = job(prepared.input_path, prepared.output_path, prepared.settings, process=process, progress=progress)
     timings.update({f"job_{k}": v for k, v in result.timings.items()})
     timings.update(engine.times.as_dict())
     timings["total"] = time.perf_counter() - started
-    report = RenderReport.build(**report_base, timings=timings, dry_run=False, resumed_frames=result.resumed_frames,
-                                stats=engine.times, stills=stills, warnings=result.warnings,
-                                sheets=_contact_sheets(analysis, names) if options.html else {})
-    report.save(analysis_path, output_path, html=options.html)
+    report = RenderReport.build(**prepared.report_base, timings=timings, dry_run=False,
+                                resumed_frames=result.resumed_frames, stats=engine.times, stills=stills,
+                                warnings=result.warnings,
+                                sheets=_contact_sheets(prepared.analysis, prepared.names) if options.html else {})
+    report.save(prepared.analysis_path, prepared.output_path, html=options.html)
     return report
 
 

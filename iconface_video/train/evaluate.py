@@ -181,14 +181,19 @@ def write_grid(path: Path, cases: Sequence[Case], outs: dict[str, np.ndarray], r
     """PNG grid: one row per shown case; columns input / each method's output / truth."""
     size = cases[0].hq.shape[0]
     cols = ["input"] + [m for m in outs if m != "input"] + ["truth"]
-    shown: dict[str, int] = {}
     rows = []
-    for n, c in enumerate(cases):
-        if shown.get(c.bucket, 0) >= rows_per_bucket:
-            continue
-        shown[c.bucket] = shown.get(c.bucket, 0) + 1
-        tiles = [c.hq if col == "truth" else outs[col][n] for col in cols]
-        rows.append(np.concatenate([to_u8(t) for t in tiles], axis=1))
+    buckets = list(dict.fromkeys(c.bucket for c in cases))
+    for b, bucket in enumerate(buckets):
+        idx = [n for n, c in enumerate(cases) if c.bucket == bucket]
+        if rows_per_bucket == 1:  # one row per bucket: walk through the cases so each bucket shows another person
+            picks = [idx[b * (len(idx) - 1) // max(1, len(buckets) - 1)]]
+        else:  # evenly spaced through the bucket, so the rows show different people
+            picks = [idx[int(j)] for j in np.linspace(0, len(idx) - 1, min(rows_per_bucket, len(idx)))]
+        for n in picks:
+            tiles = [cases[n].hq if col == "truth" else outs[col][n] for col in cols]
+            row = np.concatenate([to_u8(t) for t in tiles], axis=1)
+            cv2.putText(row, bucket, (2, size - 4), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (255, 255, 255), 1, cv2.LINE_AA)
+            rows.append(row)
     header = np.full((18, size * len(cols), 3), 255, np.uint8)
     for j, col in enumerate(cols):
         cv2.putText(header, col[:16], (j * size + 2, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.33, (0, 0, 0), 1, cv2.LINE_AA)
