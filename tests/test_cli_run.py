@@ -44,7 +44,10 @@ def test_default_output_beside_input_with_spaces_and_non_ascii(tmp_path, capsys)
     assert frame_times(restored) == frame_times(clip)
     assert stream_packets(restored, "audio") == stream_packets(clip, "audio")
     assert probe(restored).video.rotation == 90
-    assert sorted(p.name for p in folder.iterdir()) == sorted([clip.name, restored.name])
+    # Beside the output: the analysis file (with the render report), its reference crops, the HTML report.
+    report_files = ["holiday clip 日本.restored.iconface.json", "holiday clip 日本.restored.iconface.refs",
+                    "holiday clip 日本.restored.report.html"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted([clip.name, restored.name, *report_files])
 
 
 def test_refuses_to_overwrite_input_or_existing_output(tmp_path, capsys):
@@ -114,7 +117,8 @@ def test_json_progress_lines(tmp_path, capsys):
         assert {"event", "stage", "frame", "total", "fps", "eta_s"} <= event.keys()
     assert events[0]["event"] == "start" and events[-1]["event"] == "done"
     assert [e for e in events if e["event"] == "end"][0]["frame"] == 10
-    assert events[-1]["output"].endswith("a.restored.mp4")
+    assert events[-1]["stage"] == "job" and events[-1]["output"].endswith("a.restored.mp4")
+    assert "timings" in events[-1]["report"]
 
 
 def test_progress_bar_on_stderr(tmp_path, capsys):

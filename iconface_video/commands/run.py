@@ -70,7 +70,8 @@ def command(input_path: Path, output_path: Path | None, detect_every: int, detec
                           analyze_settings(detect_every, detector, embedder, max_refs, models_dir,
                                            rotation=rotation), progress)
     if json_lines:
-        progress.event("render", stage="render", report=report.to_json())
+        # The last line a script reads: the finished job, its output and the whole report.
+        progress.event("done", stage="job", output=report.output, report=report.to_json())
     elif not quiet:
         click.echo(report.summary(), err=True)
 
