@@ -136,39 +136,51 @@ def run_job(
     return JobResult(output_path, plan.frame_count, timings, done_frames, tuple(warnings))
 
 
+def analysis_path_for(output_path: str | os.PathLike, analysis_dir: Path | None = None) -> Path:
+    """Where a job keeps its analysis file: ``OUT.iconface.json`` beside the output (or in
+    ``analysis_dir``), never beside the input, whose folder may be read-only."""
+    output_path = Path(output_path)
+    return (analysis_dir or output_path.parent) / f"{output_path.stem}.iconface.json"
+
+
+def analyze_for_render(input_path: str | os.PathLike, analysis_path: Path, options, analyze, info=None,
+                       progress: Progress | None = None, *, detector=None, embedder=None):
+    """Run the analysis the way a render with ``options`` needs it; returns the ``Analysis``.
+
+    ``options`` (``render.RenderOptions``) decides the frame range and device; its ``--refs``
+    photos go to the analysis only: it pins the names and adds them as references, so the render
+    must not add them again (call it with ``replace(options, refs=())``).
+    """
+    from iconface_video.analysis.analyze import analyze_video
+    from iconface_video.render.render import frame_range, resolve_device
+
+    start, end = frame_range(input_path, options.start, options.end, info)
+    settings = replace(analyze, refs=tuple((name, Path(folder)) for name, folder in options.refs),
+                       start=start, end=end, device=str(resolve_device(options.device)))
+    return analyze_video(input_path, analysis_path, settings, progress, detector=detector, embedder=embedder)
+
+
 def restore_file(input_path: str | os.PathLike, output_path: str | os.PathLike | None, options, analyze,
-                 progress: Progress | None = None, *, analysis_dir: Path | None = None, restorer=None):
+                 progress: Progress | None = None, *, analysis_dir: Path | None = None, restorer=None,
+                 detector=None, embedder=None):
     """The whole job the main command runs: analyze ``input_path``, then render it.
 
     ``options`` is a ``render.RenderOptions``, ``analyze`` an ``analysis.AnalyzeSettings`` (its
-    ``refs``, range and device are taken from ``options``). The analysis file goes beside the
-    output as ``OUT.iconface.json`` (or into ``analysis_dir``), never beside the input, whose
-    folder may be read-only. Returns the render's ``RenderReport``.
+    ``refs``, range and device are taken from ``options``). ``restorer``, ``detector`` and
+    ``embedder`` may be passed in already loaded (batch workers keep them between files).
+    Returns the render's ``RenderReport``.
     """
-    from iconface_video.analysis.analyze import analyze_video
-    from iconface_video.render.render import (
-        default_output_for,
-        frame_range,
-        load_restorer,
-        render_video,
-        resolve_device,
-    )
+    from iconface_video.render.render import default_output_for, load_restorer, render_video, resolve_device
 
     input_path = Path(input_path)
     info = probe(input_path)  # a bad input fails here, in one line, before any model loads
     output_path = Path(output_path) if output_path is not None else default_output_for(input_path, options.preview)
     if not options.dry_run:
         check_paths(input_path, output_path, options.overwrite)
-    start, end = frame_range(input_path, options.start, options.end, info)
-    device = resolve_device(options.device)
     # Load the model before the (long) analysis, so a missing or bad checkpoint fails at once.
-    restorer = restorer or load_restorer(options, device)
-    analysis_path = (analysis_dir or output_path.parent) / f"{output_path.stem}.iconface.json"
-    # --refs photos go to the analysis only: it pins the names and adds them as references, so
-    # passing them to the render too would count them twice.
-    settings = replace(analyze, refs=tuple((name, Path(folder)) for name, folder in options.refs),
-                       start=start, end=end, device=str(device))
-    analyze_video(input_path, analysis_path, settings, progress)
+    restorer = restorer or load_restorer(options, resolve_device(options.device))
+    analysis_path = analysis_path_for(output_path, analysis_dir)
+    analyze_for_render(input_path, analysis_path, options, analyze, info, progress, detector=detector, embedder=embedder)
     return render_video(analysis_path, input_path, output_path, replace(options, refs=()), progress, restorer=restorer)
 
 

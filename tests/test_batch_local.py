@@ -142,7 +142,7 @@ def test_human_output_ends_with_a_summary_of_failures(clips, checkpoint, tmp_pat
     assert lines[-1].startswith("  failed: broken.mp4: ")
 
 
-@pytest.mark.slow  # two full batch processes, ~15-20 s on the loaded 2-core machine
+@pytest.mark.slow  # two full batch processes, ~60 s on the loaded 2-core machine
 def test_kill_9_mid_batch_then_rerun_finishes_only_the_rest(checkpoint, tmp_path):
     src = tmp_path / "src"
     clips = [face_clip(src / f"k{i}.mp4", frames=40, first=10 * i, cut=20) for i in range(4)]
@@ -225,7 +225,7 @@ def _poll_until(backend, kind: str, timeout: float = 60) -> list[tuple]:
     raise AssertionError(f"no {kind!r} message within {timeout} s: {seen}")
 
 
-@pytest.mark.slow  # two full batch processes, ~15-20 s on the loaded 2-core machine
+@pytest.mark.slow  # two full batch processes, ~60 s on the loaded 2-core machine
 def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(checkpoint, tmp_path):
     src = tmp_path / "src"
     for i in range(3):
@@ -291,7 +291,7 @@ def test_conflicting_options_are_one_line_errors(clips, tmp_path, args, message)
     assert not (tmp_path / "iconface-batch.json").exists()
 
 
-@pytest.mark.slow  # three full jobs, ~30 s on the loaded 2-core machine
+@pytest.mark.slow  # three full jobs, ~30-70 s on the loaded 2-core machine
 def test_restoration_options_reach_the_job_and_a_change_redoes_done_files(clips, reference, checkpoint, tmp_path):
     clip = clips[1][0]
     out = tmp_path / "out"

@@ -579,7 +579,8 @@ def analyze_video(input_path: str | os.PathLike, output_path: str | os.PathLike 
 
     video_json["detect_rotation"] = stream.detect_rotation()
     if settings.rotation == "auto" and video_json["detect_rotation"] != video_json["rotation"] % 360:
-        progress.event("rotation", stage="analyze", detect_rotation=video_json["detect_rotation"],
+        # A warning, so a terminal user sees it: the file will play with its people turned sideways.
+        progress.event("warning", stage="analyze", kind="rotation", detect_rotation=video_json["detect_rotation"],
                        message=f"{input_path.name}: faces are upright at rotation {video_json['detect_rotation']}, "
                                f"not at the container's {video_json['rotation']}; detected that way")
 

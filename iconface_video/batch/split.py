@@ -23,11 +23,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 from iconface_video.errors import UserError
 from iconface_video.io.transcode import SegmentPlan, contiguous_runs, encode_stream, make_plan
+from iconface_video.pipeline import analysis_path_for, analyze_for_render
 from iconface_video.progress import Progress
 from iconface_video.types import Frame
 
@@ -47,30 +47,18 @@ def render_options(spec: Any) -> Any:
     return replace(spec.options, refs=(), overwrite=True)
 
 
-def analysis_path(output_path: str | os.PathLike) -> Path:
-    """The analysis file of an output, where the main command puts it (``OUT.iconface.json``)."""
-    output_path = Path(output_path)
-    return output_path.with_name(f"{output_path.stem}.iconface.json")
-
-
 def analyze(input_path: str, output_path: str, spec: Any, restorer: Any, progress: Progress | None = None) -> SplitPlan:
     """Analyse ``input_path`` as the main command does, then decide the render's segments.
 
     ``spec`` is the batch's ``JobSpec``; ``restorer`` the worker's loaded one (its weights name
     the work folder). Stages "analyze" (the analysis's own progress).
     """
-    from iconface_video.analysis.analyze import analyze_video
     from iconface_video.io.probe import probe
-    from iconface_video.render.render import frame_range, prepare_render, resolve_device
+    from iconface_video.render.render import prepare_render
 
-    options = spec.options
     info = probe(input_path)  # a bad input fails here, in one line, before the analysis
-    start, end = frame_range(input_path, options.start, options.end, info)
-    # The settings restore_file gives the analysis: --refs photos pin names and add references.
-    settings = replace(spec.analyze, refs=tuple((name, Path(folder)) for name, folder in options.refs),
-                       start=start, end=end, device=str(resolve_device(options.device)))
-    analyze_video(input_path, analysis_path(output_path), settings, progress)
-    prepared = prepare_render(analysis_path(output_path), input_path, output_path, render_options(spec),
+    analyze_for_render(input_path, analysis_path_for(output_path), spec.options, spec.analyze, info, progress)
+    prepared = prepare_render(analysis_path_for(output_path), input_path, output_path, render_options(spec),
                               restorer=restorer)
     return SplitPlan(prepared.settings.boundaries, prepared.settings.process_key)
 
@@ -89,9 +77,9 @@ def render_segments(input_path: str, output_path: str, spec: Any, split: SplitPl
     from iconface_video.render.render import frame_process, prepare_render
 
     options = render_options(spec)
-    prepared = prepare_render(analysis_path(output_path), input_path, output_path, options, restorer=restorer)
+    prepared = prepare_render(analysis_path_for(output_path), input_path, output_path, options, restorer=restorer)
     if prepared.settings.process_key != split.process_key:
-        raise UserError(f"{analysis_path(output_path)}: changed since this file was split; run the batch again")
+        raise UserError(f"{analysis_path_for(output_path)}: changed since this file was split; run the batch again")
     plan = plan_for(input_path, output_path, spec, split)
     done = plan.done()
     todo = [i for i in indices if not done[i]]

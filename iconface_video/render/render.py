@@ -353,11 +353,12 @@ def _process_key(analysis: Analysis, analysis_path: Path | None, options: Render
     digest.update(_describe(restorer).encode())
     model = getattr(restorer, "model", None)
     if model is not None:
-        # Two sums per tensor fingerprint the weights in one pass on their device, so a
-        # retrained checkpoint under the same name never resumes the old one's segments.
-        with torch.no_grad():
-            sums = [torch.stack([p.float().sum(), p.float().abs().sum()]) for p in model.state_dict().values()]
-        digest.update(torch.cat(sums).cpu().numpy().tobytes())
+        # The weights' exact bytes, so a retrained checkpoint under the same name never resumes the
+        # old one's segments. (Float sums would depend on the thread count, and break resume
+        # between runs with different --workers.)
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return "render-" + digest.hexdigest()[:16]
 
 
