@@ -58,11 +58,12 @@ def test_mtcnn_eyes_against_dlib68_on_group_photos(media_dir, capsys):
         print(f"\n[mtcnn vs dlib-68] {len(trusted)} faces: eye error / IOD median {stats['median']:.3f}, "
               f"p90 {stats['p90']:.3f}, <5% {stats['within5']:.2f}, <10% {stats['within10']:.2f}; "
               f"median bias along {along:+.3f}, down {down:+.3f}")
-    # Measured 2026-11-26: median 0.040, <5% 0.77, <10% 0.85 (26 eyes). The misses are one face
-    # looking down with hair over the eyes (no visible eye; both points are guesses) and one
-    # face in multiface.jpg where MTCNN's points are 13-19% off (checked by eye; dlib is right).
+    # Measured 2026-11-26 (2-core CPU): median 0.040, p90 0.087, <5% 0.73 (19/26), <10% 0.88
+    # (23/26). The worst eyes: a girl looking down with hair over her eyes (no visible eye;
+    # both points are guesses) and one face in multiface.jpg where MTCNN's points are 13-19%
+    # off (checked by eye on an 8x crop: dlib is on the pupils, MTCNN is not). Margins: 2 eyes.
     assert stats["median"] < 0.045
-    assert stats["within5"] >= 0.70
+    assert stats["within5"] >= 0.65
     assert stats["within10"] >= 0.80
     # No sideways drift: MTCNN's eyes sit on the eye line of the contour centres. (The vertical
     # offset, MTCNN ~2.5% of IOD above the contour centre, is a definition difference - pupil vs

@@ -581,8 +581,9 @@ def analyze_video(input_path: str | os.PathLike, output_path: str | os.PathLike 
     if settings.rotation == "auto" and video_json["detect_rotation"] != video_json["rotation"] % 360:
         # A warning, so a terminal user sees it: the file will play with its people turned sideways.
         progress.event("warning", stage="analyze", kind="rotation", detect_rotation=video_json["detect_rotation"],
-                       message=f"{input_path.name}: faces are upright at rotation {video_json['detect_rotation']}, "
-                               f"not at the container's {video_json['rotation']}; detected that way")
+                       message=f"{input_path.name}: the container says rotate {video_json['rotation']} degrees but the "
+                               f"faces are upright at {video_json['detect_rotation']} (players may show them turned); "
+                               f"detecting at {video_json['detect_rotation']} (--rotation tag trusts the container)")
 
     analysis = _assemble(stream, photos, settings, video_json, settings_json, output_path, pool_dir)
     save_analysis(analysis, output_path)

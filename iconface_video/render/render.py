@@ -358,7 +358,7 @@ def _process_key(analysis: Analysis, analysis_path: Path | None, options: Render
         # between runs with different --workers.)
         for name, tensor in model.state_dict().items():
             digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return "render-" + digest.hexdigest()[:16]
 
 
