@@ -225,7 +225,9 @@ def test_real_clip_tagged_minus_90_but_stored_upright(media_dir, tmp_path, model
         correction keeps it), so the pasted pixels show where the paste-back went."""
 
         crop_size = 128
-        seen: list[torch.Tensor] = []
+
+        def __init__(self) -> None:
+            self.seen: list[torch.Tensor] = []
 
         def restore(self, lq, track, *args, **kwargs):
             self.seen.append(lq.clone())

@@ -152,7 +152,7 @@ def rotation_candidates(mode: str, tag: int) -> tuple[int, ...]:
     default first: for ``auto`` all four, the container's ``tag`` first and the stored frames next."""
     if mode not in ROTATION_MODES:
         raise InputError(f"--rotation {mode!r}: choose one of {', '.join(ROTATION_MODES)}")
-    tag = (int(round(tag / 90)) * 90) % 360  # FFmpeg reports e.g. -90.0 or 270 for the same turn
+    tag = (round(tag / 90) * 90) % 360  # FFmpeg reports e.g. -90.0 or 270 for the same turn
     if mode == "auto":
         return tuple(dict.fromkeys((tag, 0, (tag + 180) % 360, 90, 180, 270)))
     if mode == "tag":
@@ -702,5 +702,5 @@ def _photo_references(identity, photos: list[PhotoFace], harvest: HarvestSetting
     return sorted(out, key=lambda r: -r.reference.reliability)
 
 
-__all__ = ["ROTATION_MODES", "AnalyzeSettings", "AnalysisStream", "OrientationVote", "analyze_video", "default_output",
+__all__ = ["ROTATION_MODES", "AnalysisStream", "AnalyzeSettings", "OrientationVote", "analyze_video", "default_output",
            "looks_upright", "parse_ref_spec", "refs_folder", "rotation_candidates"]
