@@ -116,7 +116,8 @@ def command(inputs: tuple[str, ...], output_dir: Path, workers: int | None, devi
         raise UserError("give either --workers (CPU processes) or --devices (one worker per GPU), not both")
     paths = expand_inputs(inputs)
     settings = JobSpec(options=options_from(params),
-                       analyze=analyze_settings(detect_every, detector, embedder, max_refs, models_dir))
+                       analyze=analyze_settings(detect_every, detector, embedder, max_refs, models_dir,
+                                                rotation=params["rotation"]))
     options = BatchOptions(out_dir=output_dir.resolve(), split_shots=split_shots, min_task_frames=min_task_frames,
                            overwrite=overwrite, retry_failed=not no_retry)
     if ray_address is not None:
