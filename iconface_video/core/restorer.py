@@ -56,6 +56,7 @@ class Restorer:
         self.model = model.to(self.device).eval()
         self._id_encoder = id_encoder
         self.default_steps = default_steps
+        self.checkpoint: Path | None = None  # the file the weights came from, if any
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
@@ -69,7 +70,9 @@ class Restorer:
         model, sidecar = load_checkpoint(path, device=device)
         # A checkpoint may name the step count it was evaluated best at.
         steps = int(sidecar.get("training", {}).get("recommended_steps", 4))
-        return cls(model, device=device, precision=precision, default_steps=steps)
+        restorer = cls(model, device=device, precision=precision, default_steps=steps)
+        restorer.checkpoint = Path(path)
+        return restorer
 
     @property
     def crop_size(self) -> int:

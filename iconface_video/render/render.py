@@ -582,5 +582,5 @@ def _run_side_by_side_job(input_path: Path, output_path: Path, settings, process
 def _describe(restorer) -> str:
     config = getattr(restorer, "config", None)
     name = getattr(config, "name", type(restorer).__name__)
-    source = getattr(restorer, "source", None) or getattr(restorer, "checkpoint", None) or "in-memory"
+    source = getattr(restorer, "checkpoint", None) or "in-memory"
     return f"{name} crop {restorer.crop_size} ({restorer.template}) from {source}"
