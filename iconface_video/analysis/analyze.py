@@ -49,17 +49,29 @@ from iconface_video.analysis.harvest import (
     score_against_centroid,
     select_references,
 )
-from iconface_video.analysis.identify import IdentifySettings, TrackSummary, build_identities, pin_names
+from iconface_video.analysis.identify import (
+    IdentifySettings,
+    TrackSummary,
+    build_identities,
+    pin_names,
+)
 from iconface_video.analysis.schema import (
     VERSION,
     Analysis,
     HarvestedReference,
     save_analysis,
-    write_text_atomic,
 )
 from iconface_video.analysis.shots import Boundary, ShotDetector, ShotSettings
-from iconface_video.analysis.track import Tracker, TrackRecord, TrackSettings, box_iou, obs_from_json, obs_to_json
+from iconface_video.analysis.track import (
+    Tracker,
+    TrackRecord,
+    TrackSettings,
+    box_iou,
+    obs_from_json,
+    obs_to_json,
+)
 from iconface_video.errors import InputError, OutputError
+from iconface_video.files import write_text_atomic
 from iconface_video.types import FaceObs, Frame, Reference, Shot
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +23,8 @@ import cv2
 import jsonschema
 import numpy as np
 
-from iconface_video.errors import InputError, OutputError
+from iconface_video.errors import InputError
+from iconface_video.files import write_text_atomic
 from iconface_video.types import FaceObs, Identity, Reference, ReliabilityTerms, Shot, Track
 
 VERSION = 1
@@ -464,34 +464,6 @@ def dumps_readable(data: dict) -> str:
             lines.append(f"{json.dumps(key)}: {body}{comma}")
     lines.append("}")
     return "\n".join(lines) + "\n"
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as error:
-        raise OutputError(f"{path.parent}: cannot write there ({error.strerror})") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except OSError as error:
-        _unlink(tmp)
-        raise OutputError(f"{path}: could not be written ({error.strerror})") from None
-    except BaseException:
-        _unlink(tmp)
-        raise
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
 
 
 def save_analysis(analysis: Analysis, path: str | os.PathLike) -> None:

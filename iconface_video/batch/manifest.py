@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from iconface_video.files import write_text_atomic
 
 try:  # POSIX; on Windows the manifest is still written atomically, only not cross-run locked
     import fcntl
@@ -116,18 +116,7 @@ def _write_atomic(path: Path, records: Mapping[str, FileRecord]) -> None:
         "updated": time.time(),
         "files": {key: record.to_json() for key, record in sorted(records.items())},
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if hasattr(os, "fchmod"):  # mkstemp makes it private; the manifest is for every user of the folder
-            os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(json.dumps(data, indent=1), path)
 
 
 @contextlib.contextmanager

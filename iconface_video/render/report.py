@@ -161,7 +161,7 @@ class RenderReport:
         page = None
         if html:
             page = Path(output_path).with_name(Path(output_path).stem + ".report.html")
-            from iconface_video.analysis.schema import write_text_atomic
+            from iconface_video.files import write_text_atomic
 
             write_text_atomic(self.html_page(), page)
             object.__setattr__(self, "html", str(page))
@@ -200,7 +200,8 @@ class RenderReport:
 
 def write_render_section(analysis_path: Path, section: dict) -> None:
     """Add (or replace) the ``render`` section of an analysis file, atomically, keeping the rest."""
-    from iconface_video.analysis.schema import dumps_readable, write_text_atomic
+    from iconface_video.analysis.schema import dumps_readable
+    from iconface_video.files import write_text_atomic
 
     data = json.loads(analysis_path.read_text(encoding="utf-8"))
     data["render"] = json.loads(json.dumps(section, default=str))
