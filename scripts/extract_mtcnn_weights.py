@@ -4,8 +4,8 @@ The wheel ships ``facenet_pytorch/data/{pnet,rnet,onet}.pt`` (plain state dicts)
 itself pins torch<2.3, so we take only the weight files and their licence, read them with
 ``torch.load(weights_only=True)`` (no code can run) and store them as safetensors.
 
-    pip download --no-deps facenet-pytorch==2.6.0 -d /tmp/fnp
-    python scripts/extract_mtcnn_weights.py /tmp/fnp/facenet_pytorch-2.6.0-py3-none-any.whl
+    pip download --no-deps facenet-pytorch==2.6.0 -d wheels
+    python scripts/extract_mtcnn_weights.py wheels/facenet_pytorch-2.6.0-py3-none-any.whl
 """
 
 from __future__ import annotations

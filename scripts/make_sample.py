@@ -7,7 +7,7 @@ JPEG blocking), and a generated AAC audio track (a rising chirp). Everything is 
 same command makes the same frames.
 
     python scripts/make_sample.py                 # -> assets/sample.mp4
-    python scripts/make_sample.py -o /tmp/s.mp4 --seconds 2
+    python scripts/make_sample.py -o short-sample.mp4 --seconds 2
 """
 
 from __future__ import annotations

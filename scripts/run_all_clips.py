@@ -1,6 +1,6 @@
 """Run the main command on every real clip and check that the output keeps the input's timing.
 
-    OMP_NUM_THREADS=1 nice python scripts/run_all_clips.py [--media ../shared/media] [--out /tmp/allclips]
+    OMP_NUM_THREADS=1 nice python scripts/run_all_clips.py [--media ../shared/media] [--out OUT_DIR]
         [--detect-every 4] [--deadline HH:MM] [--only NAME ...]
 
 For every video listed in ``MANIFEST.md`` (smallest first: width x height x frames), runs
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import tempfile
 import re
 import subprocess
 import sys
@@ -137,7 +138,8 @@ def markdown(rows: list[dict]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--media", type=Path, default=REPO.parent / "shared/media")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/allclips"))
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for the outputs [default: a new temporary folder, printed]")
     parser.add_argument("--detect-every", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per clip")
     parser.add_argument("--deadline", help="HH:MM UTC: start no clip after this")
@@ -146,6 +148,9 @@ def main() -> int:
     clips = manifest_clips(args.media)
     if args.only:
         clips = [c for c in clips if clip_name(c[0]) in args.only]
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="iconface-allclips-"))
+        print(f"outputs in {args.out}")
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for source, _ in clips:
