@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import tempfile
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from fractions import Fraction
 from pathlib import Path

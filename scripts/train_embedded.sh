@@ -9,7 +9,7 @@
 # so the step counts of the shipped run depend on the machine's load; the model card gives them.
 set -euo pipefail
 DATA=${DATA:-../shared/media/faces112}
-RUNS=${RUNS:-/work/runs}
+RUNS=${RUNS:-runs}
 export OMP_NUM_THREADS=1
 
 # Stage 1 (core-design §5.9): no references, so the structure path learns to restore alone.

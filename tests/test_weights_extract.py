@@ -1,5 +1,6 @@
 """The embedded MTCNN weights are exactly what scripts/extract_mtcnn_weights.py makes from the
-facenet-pytorch 2.6.0 wheel (skipped where the wheel is not at hand: set $FACENET_PYTORCH_WHEEL)."""
+facenet-pytorch 2.6.0 wheel (skipped where the wheel is not at hand: `pip download --no-deps
+facenet-pytorch==2.6.0 -d wheels` in the checkout, or set $FACENET_PYTORCH_WHEEL)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ import pytest
 
 from iconface_video.weights import get_model
 
-WHEEL = Path(os.environ.get("FACENET_PYTORCH_WHEEL", "/tmp/fnp/facenet_pytorch-2.6.0-py3-none-any.whl"))
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "extract_mtcnn_weights.py"
+REPO = Path(__file__).resolve().parents[1]
+WHEEL = Path(os.environ.get("FACENET_PYTORCH_WHEEL", REPO / "wheels" / "facenet_pytorch-2.6.0-py3-none-any.whl"))
+SCRIPT = REPO / "scripts" / "extract_mtcnn_weights.py"
 
 
 @pytest.mark.skipif(not WHEEL.is_file(), reason=f"facenet-pytorch wheel not found at {WHEEL}")
