@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import json
 
+from cli_helpers import run_cli
 from clipgen import ClipSpec, make_clip, make_text_as_mp4
-from iconface_video.cli import main
-
-
-def run_cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as done:
-        code = done.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_table_shows_streams_timing_and_colour(tmp_path, capsys):

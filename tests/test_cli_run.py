@@ -11,21 +11,19 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
+from clipgen import (
+    ClipSpec,
+    frame_times,
+    make_audio_only,
+    make_clip,
+    make_text_as_mp4,
+    make_truncated,
+    make_zero_frames,
+    stream_packets,
+)
 
-from clipgen import (ClipSpec, frame_times, make_audio_only, make_clip, make_text_as_mp4, make_truncated,
-                     make_zero_frames, stream_packets)
-from iconface_video.cli import main
 from iconface_video.io.probe import probe
-
-
-def run_cli(args, capsys):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as done:
-        code = done.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def digest(path: Path) -> str:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import cli_exit_code
 from safetensors.torch import save_file
 
-from iconface_video.cli import main
 from iconface_video.errors import BadWeightsError, MissingModelError
 from iconface_video.faces.mtcnn import PNet
 from iconface_video.weights import (
@@ -188,29 +188,20 @@ def test_fetch_from_unreachable_url_is_one_clear_line(tmp_path):
     assert not list((tmp_path / "models").rglob("*.part"))
 
 
-def run_cli(args: list[str]) -> int:
-    """Exit code of the real entry point (0 when it returns normally)."""
-    try:
-        main(args)
-    except SystemExit as done:
-        return int(done.code or 0)
-    return 0
-
-
 def test_models_cli_list_verify_and_fetch_messages(tmp_path, capsys):
-    assert run_cli(["models", "list", "--models-dir", str(tmp_path)]) == 0
+    assert cli_exit_code(["models", "list", "--models-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "mtcnn" in out and "present" in out
     restorer_line = next(line for line in out.splitlines() if line.startswith("restorer"))
     assert "NON-COMMERCIAL" in restorer_line
     restorer_file = Path(__file__).parents[1] / "iconface_video/weights/embedded/restorer/iconface-restorer.safetensors"
     assert ("present" if restorer_file.is_file() else "missing") in restorer_line
-    assert run_cli(["models", "verify", "mtcnn"]) == 0
+    assert cli_exit_code(["models", "verify", "mtcnn"]) == 0
     assert "ok" in capsys.readouterr().out
-    assert run_cli(["models", "verify", "retinaface", "--models-dir", str(tmp_path)]) == 1
+    assert cli_exit_code(["models", "verify", "retinaface", "--models-dir", str(tmp_path)]) == 1
     captured = capsys.readouterr()
     assert "missing" in captured.out and "models fetch" in captured.err
-    assert run_cli(["models", "fetch", "adaface-ir101"]) == 2
+    assert cli_exit_code(["models", "fetch", "adaface-ir101"]) == 2
     assert "has no download URL: download it from https://github.com/mk-minchul/AdaFace" in capsys.readouterr().err
-    assert run_cli(["models", "fetch", "no-such-model"]) == 2
+    assert cli_exit_code(["models", "fetch", "no-such-model"]) == 2
     assert "unknown model" in capsys.readouterr().err
