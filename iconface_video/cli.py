@@ -7,6 +7,7 @@ is imported only when used, so ``iconface-video probe`` does not pay for importi
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -14,7 +15,8 @@ import sys
 import click
 
 from iconface_video import __version__
-from iconface_video.errors import UserError
+from iconface_video.errors import OutputError, UserError
+from iconface_video.files import shown
 
 # name -> (module, one-line help). The module defines a click command called ``command``.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -30,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("iconface_video.commands.doctor", "Check torch, CUDA, Triton, codecs, weights and disk."),
 }
 DEFAULT_COMMAND = "run"
+_GROUP_OPTIONS = ("-h", "--help", "--version")
 
 
 class PipelineGroup(click.Group):
@@ -53,7 +56,10 @@ class PipelineGroup(click.Group):
             formatter.write_dl([(name, help_) for name, (_, help_) in COMMANDS.items()])
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in COMMANDS and not args[0].startswith("-"):
+        # As in ffmpeg-style tools, the main command's options may come before the file
+        # (`iconface-video -o out.mp4 movie.mp4`), and `--` ends the options (`-- -odd name.mp4`);
+        # only the group's own --help/--version stay the group's.
+        if args and args[0] not in COMMANDS and args[0] not in _GROUP_OPTIONS:
             args = [DEFAULT_COMMAND, *args]
         return super().parse_args(ctx, args)
 
@@ -75,28 +81,74 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = cli.main(args=argv, prog_name="iconface-video", standalone_mode=False)
     except UserError as error:
-        click.echo(f"iconface-video: error: {error}", err=True)
-        sys.exit(error.exit_code)
+        _error_line(str(error), error.exit_code)
     except click.exceptions.Abort:
         click.echo("iconface-video: interrupted; earlier outputs are intact, rerun to resume", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
         click.echo("iconface-video: interrupted; earlier outputs are intact, rerun to resume", err=True)
         sys.exit(130)
-    except click.exceptions.ClickException as error:
+    except click.exceptions.NoArgsIsHelpError as error:  # no arguments at all: the help, as asked
         error.show()
         sys.exit(error.exit_code)
+    except click.exceptions.UsageError as error:
+        # One line like every other error (click's own adds the usage and a hint on two more).
+        command = error.ctx.command_path if error.ctx is not None else "iconface-video"
+        _error_line(f"{_one_line(error.format_message())} (see {command} --help)", error.exit_code)
+    except click.exceptions.ClickException as error:
+        _error_line(_one_line(error.format_message()), error.exit_code)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
+    except OSError as error:
+        # The machine, not the program: a full disk, a read-only folder, a name the file
+        # system refuses. One line that says which and where; the rerun resumes.
+        message = _os_error_line(error)
+        if message is None or os.environ.get("ICONFACE_DEBUG"):
+            _internal_error(error)
+        _error_line(message, OutputError.exit_code)
     except Exception as error:  # a bug, not bad input: still one line unless asked for more
-        if os.environ.get("ICONFACE_DEBUG"):
-            raise
-        click.echo(
-            f"iconface-video: internal error: {type(error).__name__}: {error} "
-            "(rerun with ICONFACE_DEBUG=1 for the traceback, and please report it)",
-            err=True,
-        )
-        sys.exit(1)
+        _internal_error(error)
     # Without standalone mode click returns a command's `ctx.exit(code)` instead of exiting.
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _error_line(message: str, code: int) -> None:
+    # `shown`: a file name that is not UTF-8 must not turn the message itself into a crash.
+    click.echo(f"iconface-video: error: {shown(message)}", err=True)
+    sys.exit(code)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _internal_error(error: Exception) -> None:
+    if os.environ.get("ICONFACE_DEBUG"):
+        raise error
+    click.echo(
+        f"iconface-video: internal error: {type(error).__name__}: {shown(str(error))} "
+        "(rerun with ICONFACE_DEBUG=1 for the traceback, and please report it)",
+        err=True,
+    )
+    sys.exit(1)
+
+
+# errno -> what to do about it; other OS errors are bugs until shown otherwise.
+_OS_ERROR_ADVICE = {
+    errno.ENOSPC: "the disk is full; free space and rerun (finished work is kept)",
+    errno.EDQUOT: "the disk quota is used up; free space and rerun (finished work is kept)",
+    errno.EROFS: "the file system is read-only; choose another output folder",
+    errno.EACCES: "permission denied; check the permissions or choose another output folder",
+    errno.EPERM: "operation not permitted; check the permissions or choose another output folder",
+    errno.ENAMETOOLONG: "a file name is too long for the file system; choose a shorter name with -o",
+    errno.EIO: "an input/output error from the disk; check the device and rerun",
+}
+
+
+def _os_error_line(error: OSError) -> str | None:
+    advice = _OS_ERROR_ADVICE.get(error.errno)
+    if advice is None:
+        return None
+    where = error.filename if error.filename is not None else ""
+    return f"{os.fsdecode(where)}: {advice}" if where else advice

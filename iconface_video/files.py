@@ -1,37 +1,126 @@
-"""Small, safe file writes shared by the stages that write JSON and HTML beside their outputs."""
+"""Small, safe file writes shared by the stages that write beside their outputs, and the rules
+every writer follows before it writes: an existing file is replaced only when asked, an input
+never, and every name a job derives from its output must fit the file system."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from iconface_video.errors import OutputError
 
+# The longest name a job derives from its output's name adds this many bytes to it (the
+# work folder ``.OUT.iconface-work-<16 hex>``, and the temporary copy of the analysis
+# checkpoint ``.OUT-stem.iconface.json.partial.<8 random>.tmp``), with a little to spare.
+DERIVED_NAME_BYTES = 40
+# Most file systems (ext4, XFS, btrfs, APFS, NTFS in UTF-16 units) allow 255 bytes per name.
+NAME_MAX = 255
+
 
 def write_text_atomic(text: str, path: str | os.PathLike) -> None:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place.
+    """Write ``text`` (UTF-8) atomically to ``path``; see ``write_bytes_atomic``.
+
+    A file name that is not valid UTF-8 reaches text as lone surrogates ("\\udcff"); they are
+    written as that escape, which keeps the file valid UTF-8 and, inside a JSON string, reads
+    back as the same name.
+    """
+    write_bytes_atomic(text.encode("utf-8", "backslashreplace"), path)
+
+
+def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place.
 
     A reader sees the old file or the new one, never half of one. The file gets ordinary
-    permissions (0644): ``mkstemp`` makes it private, but reports and manifests are for every
-    user of the folder. A failure is a one-line ``OutputError``.
+    permissions (0666 less the umask): ``mkstemp`` makes it private, but reports and manifests
+    are for every user of the folder. A failure (a full disk included) is a one-line
+    ``OutputError`` and leaves nothing behind.
     """
     path = Path(path)
+    folder = path.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:NAME_MAX - 32]}.", suffix=".tmp", dir=folder)
     except OSError as error:
-        raise OutputError(f"{path.parent}: cannot write there ({error.strerror})") from None
+        raise OutputError(f"{folder}: cannot write there ({error.strerror})") from None
     try:
         if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+            os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, path)
     except OSError as error:
         Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{path}: could not be written ({error.strerror})") from None
+        raise OutputError(f"{path}: could not be written ({error.strerror}); free space or choose another folder") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_new_file(path: str | os.PathLike, *, overwrite: bool, inputs: Iterable[str | os.PathLike] = (),
+                   option: str = "-o") -> None:
+    """Refuse to write ``path`` where it would destroy something: an input (even with
+    ``overwrite``), an existing file without ``overwrite``, a folder; or where it cannot be
+    created (no such folder, a name too long). ``option`` names the option the user gave it with.
+    """
+    path = Path(path)
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise OutputError(f"{path}: is the input file; choose another {option}")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name with {option}")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
+    if path.exists() and not path.is_file():
+        raise OutputError(f"{path}: is not a regular file; choose another {option}")
+    folder = path.parent
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: folder does not exist; create it or choose another {option}")
+    check_name_fits(path, 0, option=option)
+
+
+def check_name_fits(path: str | os.PathLike, derived_bytes: int = DERIVED_NAME_BYTES, *, option: str = "-o") -> None:
+    """Refuse a file name that, with ``derived_bytes`` more for the names derived from it, would
+    exceed the file system's limit (``ENAMETOOLONG`` half-way through a job otherwise)."""
+    path = Path(path)
+    limit = _name_max(path.parent) - derived_bytes
+    length = len(os.fsencode(path.name))
+    if length > limit:
+        raise OutputError(f"{path.name[:40]}...: the name is {length} bytes, and the files written beside it need it to "
+                          f"be at most {limit}; choose a shorter name with {option}")
+
+
+def shown(path: str | os.PathLike, *, one_line: bool = True) -> str:
+    """``path`` (or a message naming one) for the terminal: bytes that are not UTF-8 (kept by
+    Python as lone surrogates) become U+FFFD, so printing never fails, and control characters
+    (a newline in a file name) are escaped, so a one-line message stays one line (with
+    ``one_line=False`` newlines are kept: a multi-line summary)."""
+    text = os.fsdecode(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if not one_line:
+        return "\n".join(shown(line) for line in text.split("\n"))
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return min(NAME_MAX, os.pathconf(folder if folder.is_dir() else ".", "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return NAME_MAX
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _umask() -> int:
+    # The umask can only be read by setting it; set it straight back.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -17,16 +17,26 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from iconface_video.errors import OutputError
-from iconface_video.io.probe import probe
+from iconface_video.errors import InputError, OutputError
+from iconface_video.files import check_name_fits, check_new_file
+from iconface_video.io.probe import VideoInfo, check_video, probe
 from iconface_video.io.reader import read_frames
 from iconface_video.io.transcode import FrameProcess, contiguous_runs, encode_stream, finish, make_plan
-from iconface_video.io.writer import EncodeSettings, check_copyable, check_output_folder
+from iconface_video.io.writer import (
+    EncodeSettings,
+    check_container,
+    check_copyable,
+    check_output_folder,
+    resolve_encoding,
+    video_codec_for,
+)
 from iconface_video.progress import Progress
 from iconface_video.types import Frame
 
@@ -38,12 +48,19 @@ class JobSettings:
     ``process_key`` names the frame transform (model, strength, analysis file hash ...); it is
     part of the work folder's name, so segments made by a different transform are never reused.
     ``boundaries`` are frame indices where a segment must start (shot starts).
+    ``changed_range``: the ``[start, end)`` frames ``process`` may change; a frame outside it that
+    cannot be decoded (damage) repeats the frame before it, with a warning, instead of stopping
+    the job. None: the whole video, so any damage stops the job with a one-line error.
+    ``side_by_side``: ``process`` returns frames twice the source's width (``--preview``: input |
+    restored), so the encoder's width is doubled.
     """
 
     encode: EncodeSettings = field(default_factory=EncodeSettings)
     overwrite: bool = False
     process_key: str = ""
     boundaries: tuple[int, ...] = ()
+    changed_range: tuple[int, int] | None = None
+    side_by_side: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,18 +80,48 @@ def default_output(input_path: str | os.PathLike) -> Path:
     return input_path.with_name(f"{input_path.stem}.restored{input_path.suffix or '.mp4'}")
 
 
-def check_paths(input_path: Path, output_path: Path, overwrite: bool) -> None:
-    """Refuse to write over the input, or over an existing output without ``overwrite``."""
-    same = output_path.resolve() == input_path.resolve() or (
-        output_path.exists() and os.path.samefile(output_path, input_path)
-    )
-    if same:
-        raise OutputError(f"{output_path}: is the input file; choose another output with -o")
-    if output_path.is_dir():
-        raise OutputError(f"{output_path}: is a folder; give a file name with -o")
-    if output_path.exists() and not overwrite:
-        raise OutputError(f"{output_path}: already exists; pass --overwrite to replace it")
+def check_paths(input_path: Path, output_path: Path, overwrite: bool, *, info: VideoInfo | None = None,
+                codec: str | None = None) -> None:
+    """Everything about the output that can be wrong, checked before any work: it is the input,
+    or exists without ``overwrite``, or is a folder; its folder is missing or read-only; its
+    name leaves no room for the files derived from it; its extension is not a video container
+    (which also keeps it off the job's own side files: the analysis, report, work folder and
+    lock); its container cannot hold ``codec`` (None: the default for the extension). With
+    ``info``, a still picture as input is refused too."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    if info is not None:
+        check_video(info)
+    check_new_file(output_path, overwrite=overwrite, inputs=[input_path])
+    check_name_fits(output_path)
+    check_container(output_path, codec or video_codec_for(output_path))
     check_output_folder(output_path)
+
+
+@contextlib.contextmanager
+def output_lock(output_path: str | os.PathLike) -> Iterator[None]:
+    """Hold ``output_path`` for this run: a second run writing the same output stops at once with
+    one line instead of mixing its segments, analysis and references with this one's.
+
+    The lock is a file beside the output (``.OUT.iconface-lock``, see ``batch.locks``); a lock
+    left by a killed run is broken by the next. Re-entrant within a process, so the main command
+    holds it across analysis and render while ``run_job`` inside it takes it again.
+    """
+    from iconface_video.batch.locks import LockedError, acquire, read_lock
+
+    output_path = Path(output_path)
+    path = output_path.with_name(f".{output_path.name}.iconface-lock")
+    holder = read_lock(path)
+    if holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname():
+        yield
+        return
+    try:
+        lock = acquire(path, f"{output_path.name}-{os.getpid()}")
+    except LockedError as error:
+        who = error.holder.describe() if error.holder else "another process"
+        raise OutputError(f"{output_path}: another run ({who}) is writing this output; wait for it to finish, "
+                          "or choose another -o") from None
+    with lock:
+        yield
 
 
 def run_job(
@@ -93,12 +140,19 @@ def run_job(
     progress = progress or Progress.silent()
     input_path = Path(input_path)
     output_path = Path(output_path) if output_path is not None else default_output(input_path)
-    timings: dict[str, float] = {}
-
     info = probe(input_path)
-    check_paths(input_path, output_path, settings.overwrite)
+    check_paths(input_path, output_path, settings.overwrite, info=info, codec=settings.encode.codec)
+    with output_lock(output_path):
+        return _run_locked_job(input_path, output_path, settings, info, process, progress, started)
+
+
+def _run_locked_job(input_path: Path, output_path: Path, settings: JobSettings, info: VideoInfo,
+                    process: FrameProcess | None, progress: Progress, started: float) -> JobResult:
+    timings: dict[str, float] = {}
     preflight_warnings = check_copyable(input_path, output_path, info)
     plan = make_plan(input_path, output_path, settings.encode, info, settings.boundaries, settings.process_key)
+    if settings.side_by_side:
+        plan = replace(plan, encoding=replace(plan.encoding, width=2 * plan.encoding.width))
     timings["probe"] = time.perf_counter() - started
 
     pending = plan.pending()
@@ -108,11 +162,15 @@ def run_job(
                        message=f"resuming: {done_frames} of {plan.frame_count} frames already encoded")
 
     clocks = {"decode": 0.0, "process": 0.0}
+    concealed: list[int] = []
     encode_started = time.perf_counter()
-    with _disk_full_is_user_error(output_path), progress.stage("encode", total=plan.frame_count, initial=done_frames) as bar:
+    with _disk_full_is_user_error(output_path), _damage_ends_the_work(plan.work_dir), \
+            progress.stage("encode", total=plan.frame_count, initial=done_frames) as bar:
         for run in contiguous_runs(pending):
             start, end = plan.ranges[run[0]][0], plan.ranges[run[-1]][1]
-            frames = _timed(read_frames(input_path, start, end), clocks, "decode")
+            frames = read_frames(input_path, start, end, conceal_outside=settings.changed_range,
+                                 on_conceal=concealed.append)
+            frames = _timed(frames, clocks, "decode")
             if process is not None:
                 frames = _timed(process(frames), clocks, "process")
             for _ in encode_stream(plan, run, _counted(frames, bar.update)):
@@ -126,6 +184,9 @@ def run_job(
     mux_started = time.perf_counter()
     with _disk_full_is_user_error(output_path):
         warnings = finish(plan, overwrite=settings.overwrite, info=info)
+    if concealed:
+        warnings.append(f"{len(concealed)} damaged frame(s) outside the restored range could not be decoded and "
+                        f"repeat the frame before them (first: frame {concealed[0]})")
     warnings = list(dict.fromkeys([*preflight_warnings, *warnings]))
     for warning in warnings:
         progress.event("warning", stage="mux", message=warning)
@@ -170,13 +231,27 @@ def restore_file(input_path: str | os.PathLike, output_path: str | os.PathLike |
     ``embedder`` may be passed in already loaded (batch workers keep them between files).
     Returns the render's ``RenderReport``.
     """
-    from iconface_video.render.render import default_output_for, load_restorer, render_video, resolve_device
+    from iconface_video.analysis.analyze import parse_ref_spec
+    from iconface_video.render.render import default_output_for
 
     input_path = Path(input_path)
     info = probe(input_path)  # a bad input fails here, in one line, before any model loads
     output_path = Path(output_path) if output_path is not None else default_output_for(input_path, options.preview)
-    if not options.dry_run:
-        check_paths(input_path, output_path, options.overwrite)
+    check_video(info)
+    for name, folder in options.refs:  # a folder of photos each, checked before any model loads
+        parse_ref_spec(f"{name}={folder}")
+    if options.dry_run:
+        return _restore(input_path, output_path, options, analyze, info, progress, analysis_dir, restorer, detector, embedder)
+    check_paths(input_path, output_path, options.overwrite, codec=options.codec)
+    resolve_encoding(options.encode_settings(), info, output_path)  # --pix-fmt, --preset: before any work
+    with output_lock(output_path):
+        return _restore(input_path, output_path, options, analyze, info, progress, analysis_dir, restorer, detector, embedder)
+
+
+def _restore(input_path: Path, output_path: Path, options, analyze, info: VideoInfo, progress, analysis_dir,
+             restorer, detector, embedder):
+    from iconface_video.render.render import load_restorer, render_video, resolve_device
+
     # Load the model before the (long) analysis, so a missing or bad checkpoint fails at once.
     restorer = restorer or load_restorer(options, resolve_device(options.device))
     analysis_path = analysis_path_for(output_path, analysis_dir)
@@ -193,6 +268,17 @@ def _disk_full_is_user_error(output_path: Path) -> Iterator[None]:
         if error.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         raise OutputError(f"{output_path.parent}: disk full while writing; free space and rerun to resume") from None
+
+
+@contextlib.contextmanager
+def _damage_ends_the_work(work_dir: Path) -> Iterator[None]:
+    """A frame that cannot be decoded fails every rerun at the same place, so the segments made
+    so far can never be finished: remove them rather than leave a folder no rerun can use."""
+    try:
+        yield
+    except InputError:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
 
 
 def _timed(frames: Iterator[Frame], clocks: dict[str, float], key: str) -> Iterator[Frame]:

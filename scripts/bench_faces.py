@@ -25,6 +25,7 @@ from iconface_video.faces.align import (
 )
 from iconface_video.faces.detect import load_detector
 from iconface_video.faces.embed import load_embedder
+from iconface_video.imageio import imread
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 
@@ -90,11 +91,11 @@ def main() -> None:
         faces = sum(len(f) for f in detector.detect(frames))
         print(f"detect mtcnn 720p {label}, batch 8: {len(frames) / seconds:.2f} frames/s, {faces / seconds:.1f} faces/s ({faces / len(frames):.1f} faces/frame)")
 
-    # 3. Embedding throughput (dlib, embedded): from landmarks on a frame, and from aligned crops.
+    # 3. Embedding throughput (dlib's network in PyTorch, embedded): from landmarks on a frame, and from aligned crops.
     embedder = load_embedder("dlib")
     photo = args.media / "src/timesler__facenet-pytorch/data/multiface.jpg"
     if photo.is_file():
-        image = cv2.cvtColor(cv2.imread(str(photo)), cv2.COLOR_BGR2RGB)
+        image = cv2.cvtColor(imread(photo), cv2.COLOR_BGR2RGB)
         faces = detector.detect([image])[0]
         points = np.stack([f.kps5 for f in faces])
         points = np.concatenate([points] * (32 // len(points) + 1))[:32]

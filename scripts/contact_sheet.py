@@ -15,6 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from iconface_video.files import write_bytes_atomic
+from iconface_video.imageio import imencode
+
 
 def sample_faces(analysis, per_identity: int) -> dict[str, list[tuple[int, np.ndarray]]]:
     """Per identity label: up to ``per_identity`` (frame, kps5) spread evenly over its faces."""
@@ -77,7 +80,7 @@ def main() -> None:
         rows += [title, np.concatenate(top, axis=1), np.concatenate(bottom, axis=1)]
     sheet = np.concatenate(rows, axis=0) if rows else np.zeros((side, side, 3), np.uint8)
     path = args.sheet or args.output.with_name(args.output.stem + ".contact.png")
-    cv2.imwrite(str(path), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    write_bytes_atomic(imencode(".png", cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)), path)
     print(f"wrote {path} ({len(picked)} identities, {sum(len(v) for v in picked.values())} faces)")
 
 

@@ -1,20 +1,23 @@
 """Parameter counts and per-crop FLOPs of the core presets (prints JSON).
 
-    python scripts/core_stats.py                 # tiny, tiny_p8, s256, b512
-    python scripts/core_stats.py tiny s256       # some presets
-    python scripts/core_stats.py --time tiny     # + CPU timings: train step at batch 16, 4-step
-                                                 #   inference per crop (wall and process CPU time)
+    python scripts/core_stats.py                 # cpu, gpu
+    python scripts/core_stats.py cpu             # some presets
+    python scripts/core_stats.py --time cpu      # + CPU timings: train step at batch 16 and
+                                                 #   one-step inference per crop at the training
+                                                 #   side and at 256 (wall and process CPU time)
+    python scripts/core_stats.py --time --threads 2 cpu
 
-FLOPs are counted, not estimated: forward hooks on every linear layer (2·in·out per row), on the
-segment-LoRA deltas (2·r·(in+out) per cond row) and on every ranged-attention call
-(4·H·Dh·Σ q_len·k_len from its range table), during a real forward of one crop (one track) on the
-CPU. Elementwise work (norms, RoPE, activations) is not counted. Reported per crop:
+FLOPs are counted, not estimated: forward hooks on every convolution (2·Cin/groups·k²·Cout per
+output pixel), every linear layer (2·in·out per row), the segment-LoRA deltas (2·r·(in+out) per
+cond row) and every ranged-attention call (4·H·Dh·Σ q_len·k_len from its range table), during a
+real forward of one crop (one track) on the CPU. Elementwise work (norms, RoPE, activations,
+gates) is not counted. Reported per crop at the preset's training side:
 
 - ``fwd_k4`` / ``fwd_k0``: one joint forward with 4 references / none;
 - ``cond_k4``: encoding the conditions once (degraded + 4 references, cached across steps);
 - ``step_k4``: one cached sampling step (scene rows only);
-- ``sample4_k4``: 4-step cached sampling = cond_k4 + 4·step_k4 (references shared by a track's
-  frames make the reference share of cond_k4 smaller still in video);
+- ``sample1_k4``: one-step sampling (the shipped default) = cond_k4 + step_k4 (references shared
+  by a track's frames make the reference share of cond_k4 smaller still in video);
 - ``train_k4`` ≈ 3·fwd_k4 (forward + backward).
 Parameter counts exclude the frozen proxy identity encoder (the external encoders are not part of
 the core either).
@@ -32,10 +35,11 @@ from torch import nn
 from iconface_video.core.batch import TrainBatch, sample_t
 from iconface_video.core.blocks import Attention, SegmentLoRALinear
 from iconface_video.core.config import load_config
+from iconface_video.core.losses import compute_losses
 from iconface_video.core.model import IConFaceCore
 from iconface_video.core.restorer import Restorer
 
-PRESETS = ("tiny", "tiny_p8", "s256", "b512")
+PRESETS = ("cpu", "gpu")
 
 
 class FlopCounter:
@@ -45,12 +49,18 @@ class FlopCounter:
         self.flops = 0
         self.handles = []
         for mod in model.modules():
-            if isinstance(mod, nn.Linear):
+            if isinstance(mod, nn.Conv2d):
+                self.handles.append(mod.register_forward_hook(self._conv))
+            elif isinstance(mod, nn.Linear):
                 self.handles.append(mod.register_forward_pre_hook(self._linear))
             elif isinstance(mod, SegmentLoRALinear):
                 self.handles.append(mod.register_forward_pre_hook(self._lora))
             elif isinstance(mod, Attention):
                 self.handles.append(mod.register_forward_pre_hook(self._attention))
+
+    def _conv(self, mod: nn.Conv2d, args, out: torch.Tensor) -> None:
+        per_pixel = 2 * mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1] * mod.out_channels
+        self.flops += per_pixel * out.numel() // mod.out_channels
 
     def _linear(self, mod: nn.Linear, args) -> None:
         self.flops += 2 * mod.in_features * mod.out_features * args[0].numel() // mod.in_features
@@ -94,11 +104,11 @@ def preset_stats(name: str) -> dict:
         out["cond_k4"] = counter.take()
         model.scene_forward(x, t, cache)
         out["step_k4"] = counter.take()
-    out["sample4_k4"] = out["cond_k4"] + 4 * out["step_k4"]
+    out["sample1_k4"] = out["cond_k4"] + out["step_k4"]
     out["train_k4"] = 3 * out["fwd_k4"]
     out["tokens_k4"] = 2 * cfg.grid**2 + 4 * cfg.ref_grid**2
     out["tokens_k0"] = 2 * cfg.grid**2
-    for key in ("fwd_k4", "fwd_k0", "cond_k4", "step_k4", "sample4_k4", "train_k4"):
+    for key in ("fwd_k4", "fwd_k0", "cond_k4", "step_k4", "sample1_k4", "train_k4"):
         out[key] = round(out[key] / 1e9, 3)  # GFLOP per crop
     out["params_M"] = round(params / 1e6, 2)
     return out
@@ -114,7 +124,8 @@ def _timed(fn, repeats: int) -> tuple[float, float]:
 
 
 def cpu_timings(name: str, train_batch: int = 16, infer_batch: int = 16, repeats: int = 5) -> dict:
-    """CPU seconds of one AdamW train step (K cycling 0..3) and of 4-step inference per crop."""
+    """CPU seconds of one AdamW train step (K cycling 0..3; pixel and flow terms, no identity
+    network) and of one-step inference per crop at the training side and at 256."""
     cfg = load_config(name).replace(id_encoder="proxy", id_dim=128)
     torch.manual_seed(0)
     model = IConFaceCore(cfg)
@@ -129,7 +140,7 @@ def cpu_timings(name: str, train_batch: int = 16, infer_batch: int = 16, repeats
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
     def train_step() -> None:
-        loss = model.train_loss(batch)["total"]
+        loss = compute_losses(model, batch)["total"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -138,15 +149,25 @@ def cpu_timings(name: str, train_batch: int = 16, infer_batch: int = 16, repeats
     restorer = Restorer(model.eval())
     track = torch.arange(infer_batch // 4).repeat_interleave(4)  # 4 frames per track, 2 refs each
     ref_t = torch.arange(infer_batch // 4).repeat_interleave(2)
-    lq, refs = torch.rand(infer_batch, 3, r, r), torch.rand(len(ref_t), 3, rr, rr)
-    infer_wall, infer_cpu = _timed(lambda: restorer.restore(lq, track, refs, ref_t, steps=4), repeats)
-    return {"preset": name, "threads": torch.get_num_threads(),
-            f"train_step_b{train_batch}_s": round(train_wall, 3), "train_step_cpu_s": round(train_cpu, 3),
-            "infer4_per_crop_s": round(infer_wall / infer_batch, 4), "infer4_per_crop_cpu_s": round(infer_cpu / infer_batch, 4)}
+    refs = torch.rand(len(ref_t), 3, rr, rr)
+    out = {"preset": name, "threads": torch.get_num_threads(),
+           f"train_step_b{train_batch}_s": round(train_wall, 3), "train_step_cpu_s": round(train_cpu, 3),
+           "train_crops_per_s": round(train_batch / train_wall, 2)}
+    for side in sorted({r, 256}):
+        lq = torch.rand(infer_batch, 3, side, side)
+        wall, cpu = _timed(lambda: restorer.restore(lq, track, refs, ref_t, steps=1), repeats)
+        out[f"infer1_{side}_ms_per_crop"] = round(1000 * wall / infer_batch, 1)
+        out[f"infer1_{side}_cpu_ms_per_crop"] = round(1000 * cpu / infer_batch, 1)
+    return out
 
 
 def main(argv: list[str]) -> None:
-    torch.set_num_threads(1)
+    threads = 1
+    if "--threads" in argv:
+        i = argv.index("--threads")
+        threads = int(argv[i + 1])
+        argv = argv[:i] + argv[i + 2:]
+    torch.set_num_threads(threads)
     timing = "--time" in argv
     names = [a for a in argv if a != "--time"] or list(PRESETS)
     for name in names:

@@ -1,7 +1,8 @@
-"""The core's GPU check (issue 5): kernels vs twins, kernel vs SDPA, S256 throughput, peak memory.
+"""The core's GPU check: kernels vs twins, kernel vs SDPA, training/inference throughput, peak memory.
 
-    python scripts/gpu_check.py            # on one CUDA GPU; finishes in well under 3 minutes
-    python scripts/gpu_check.py --smoke    # the same code path on the CPU at tiny shapes
+    python scripts/gpu_check.py                 # on one CUDA GPU; finishes in well under 3 minutes
+    python scripts/gpu_check.py --kernels-only  # only the kernel sections (compile, twins agree): < 1 minute
+    python scripts/gpu_check.py --smoke         # the same code path on the CPU at tiny shapes
 
 Prints one JSON object. Sections:
 
@@ -9,9 +10,9 @@ Prints one JSON object. Sections:
   (forward and every gradient) against their PyTorch twins on S256-shaped mixed-K tables;
 - ``attention_vs_sdpa``: ms per call, ranged kernel vs ``scaled_dot_product_attention`` on the same
   sequences padded (S256 shapes, batch 64, bf16);
-- ``train_s256``: AdamW train steps of the S256 preset at batch 64 (K cycling 0..4, bf16 autocast):
-  s/step, crops/s, peak memory;
-- ``infer_s256``: 4-step cached sampling through ``Restorer.restore`` at batch 256 (32 tracks × 8
+- ``train_gpu``: AdamW train steps of the gpu preset (256 px) at batch 64 (K cycling 0..4, bf16
+  autocast): s/step, crops/s, peak memory;
+- ``infer_gpu``: 4-step cached sampling through ``Restorer.restore`` at batch 256 (32 tracks × 8
   frames, 0..4 references per track, bf16): crops/s, peak memory.
 A failing section reports its error and the others still run.
 """
@@ -29,6 +30,7 @@ import torch
 
 from iconface_video.core.batch import TrainBatch, sample_t
 from iconface_video.core.config import load_config
+from iconface_video.core.losses import LossWeights, compute_losses
 from iconface_video.core.model import IConFaceCore
 from iconface_video.core.restorer import Restorer
 
@@ -83,7 +85,7 @@ def train_throughput(preset: str, batch: int, steps: int, device: str, dtype: to
 
     def step(b: TrainBatch) -> float:
         with torch.autocast(device, dtype=dtype, enabled=dtype != torch.float32):
-            loss = model.train_loss(b)["total"]
+            loss = compute_losses(model, b, None, LossWeights())["total"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -138,17 +140,18 @@ def infer_throughput(preset: str, batch: int, frames_per_track: int, steps: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="run on the CPU at tiny shapes (checks the script)")
+    parser.add_argument("--kernels-only", action="store_true", help="only the kernel sections (CUDA)")
     args = parser.parse_args()
     report: dict[str, Any] = {}
     if args.smoke:
         torch.set_num_threads(1)
-        device, preset, dtype, precision, proxy = "cpu", "tiny", torch.float32, "fp32", True
+        device, preset, dtype, precision, proxy = "cpu", "cpu", torch.float32, "fp32", True
         train_batch, train_steps, infer_batch, frames, repeats = 4, 2, 8, 4, 1
         report["device"] = "cpu (smoke run, tiny shapes)"
     else:
         if not torch.cuda.is_available():
             raise SystemExit("gpu_check: no CUDA device; use --smoke for a CPU dry run")
-        device, preset, dtype, precision, proxy = "cuda", "s256", torch.bfloat16, "bf16", False
+        device, preset, dtype, precision, proxy = "cuda", "gpu", torch.bfloat16, "bf16", False
         train_batch, train_steps, infer_batch, frames, repeats = 64, 10, 256, 8, 3
         report["device"] = torch.cuda.get_device_name()
         report["torch"] = torch.__version__
@@ -161,6 +164,9 @@ def main() -> None:
         _section(report, "kernels_bf16_vs_twin", lambda: compare_with_twins(16, S256, torch.bfloat16, "cuda"))
         _section(report, "kernels_fp32_vs_twin", lambda: compare_with_twins(4, S256, torch.float32, "cuda"))
         _section(report, "attention_vs_sdpa", lambda: time_attention(64, S256, torch.bfloat16, "cuda"))
+        if args.kernels_only:
+            print(json.dumps(report, indent=1))
+            return
     _section(report, f"train_{preset}", lambda: train_throughput(preset, train_batch, train_steps, device, dtype, proxy))
     _section(report, f"infer_{preset}",
              lambda: infer_throughput(preset, infer_batch, frames, 4, device, precision, proxy, repeats))

@@ -30,6 +30,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from iconface_video.imageio import imread
+
 GROUND_TRUTH = Path(__file__).resolve().parents[1] / "tests" / "data" / "faces_groundtruth.json"
 # Single-person photos with identity labels (MANIFEST "Face photos with identity labels").
 LABELLED_GLOBS = (
@@ -65,7 +67,9 @@ def dlib_models():
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise SystemExit(f"{path}: not a readable image")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -227,3 +227,75 @@ def stream_packets(path: str | Path, kind: str) -> list[tuple[bytes, Fraction | 
         ]
     finally:
         container.close()
+
+
+# --- shot transitions ----------------------------------------------------------------------------
+
+TRANSITION_KINDS = ("cut", "dissolve", "wipe", "fade_out_in", "fade_to_black", "fade_from_black")
+
+
+def transition(a: list[np.ndarray], b: list[np.ndarray], kind: str, length: int = 12) -> tuple[list[np.ndarray], int, int]:
+    """Frames ``a`` then ``b`` (same-size uint8[H, W, 3] lists) joined by ``kind``; returns the
+    frames and the first and last frame of the transition (for a cut both are ``b``'s first).
+
+    ``dissolve``: ``length`` frames cross-fading the end of ``a`` into the start of ``b``;
+    ``wipe``: a vertical edge sweeping left to right over ``length`` frames; ``fade_out_in``:
+    ``a`` fades to black and ``b`` fades in (``length`` frames each, 3 black between);
+    ``fade_to_black``: ``a`` fades out, ``b`` starts after 3 black frames; ``fade_from_black``:
+    ``a`` ends at 3 black frames, ``b`` fades in.
+    """
+    black = [np.zeros_like(a[0])] * 3
+    ramp = [(i + 1) / (length + 1) for i in range(length)]
+
+    def fade(frames: list[np.ndarray], levels: list[float]) -> list[np.ndarray]:
+        return [(f.astype(np.float32) * v).round().astype(np.uint8) for f, v in zip(frames, levels)]
+
+    if kind == "cut":
+        return a + b, len(a), len(a)
+    if kind == "dissolve":
+        head, tail = a[:-length], b[length:]
+        mixed = [(x.astype(np.float32) * (1 - w) + y.astype(np.float32) * w).round().astype(np.uint8)
+                 for x, y, w in zip(a[-length:], b[:length], ramp)]
+        return head + mixed + tail, len(head), len(head) + length - 1
+    if kind == "wipe":
+        width = a[0].shape[1]
+        head, tail = a[:-length], b[length:]
+        mixed = []
+        for x, y, w in zip(a[-length:], b[:length], ramp):
+            frame = x.copy()
+            edge = int(round(w * width))
+            frame[:, :edge] = y[:, :edge]
+            mixed.append(frame)
+        return head + mixed + tail, len(head), len(head) + length - 1
+    out_frames = fade(a[-length:], ramp[::-1]) if kind in ("fade_out_in", "fade_to_black") else []
+    in_frames = fade(b[:length], ramp) if kind in ("fade_out_in", "fade_from_black") else []
+    head = a[:-length] if out_frames else a
+    tail = b[length:] if in_frames else b
+    first = len(head)
+    frames = head + out_frames + black + in_frames + tail
+    return frames, first, first + len(out_frames) + len(black) + len(in_frames)
+
+
+def flashes(frames: list[np.ndarray], at: int, kind: str) -> list[np.ndarray]:
+    """``frames`` with a ``"white"`` frame (a single-frame flash) or a 2-frame ``"camera"`` flash
+    (the picture brightened and washed out, its structure kept) at frame ``at``."""
+    out = list(frames)
+    if kind == "white":
+        out[at] = np.full_like(frames[at], 255)
+    else:
+        for i in (at, at + 1):
+            out[i] = np.clip(frames[i].astype(np.float32) * 1.6 + 90, 0, 255).astype(np.uint8)
+    return out
+
+
+def write_frames(path: str | Path, frames: list[np.ndarray], fps: int = 25) -> Path:
+    """H.264 (yuv420p, near-lossless) clip of ``frames`` (uint8[H, W, 3] RGB, even sizes)."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps, options={"preset": "ultrafast", "crf": "12"})
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        out.mux(stream.encode(None))
+    return path

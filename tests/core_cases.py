@@ -7,7 +7,8 @@ import torch
 from iconface_video.core.config import CoreConfig
 from iconface_video.core.model import IConFaceCore
 
-SMALL = {"crop_size": 32, "ref_size": 16, "patch": 8, "dim": 64, "heads": 2, "n_dual": 1, "n_single": 2,
+SMALL = {"crop_size": 32, "ref_size": 16, "min_side": 16, "max_side": 64, "enc_channels": (8, 12),
+         "enc_blocks": (1, 1), "dec_blocks": (1, 1), "dim": 64, "heads": 2, "n_dual": 1, "n_single": 2,
          "lora_r": 4, "struct_r": 8, "id_encoder": "proxy", "id_dim": 32}
 
 

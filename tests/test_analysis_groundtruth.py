@@ -18,6 +18,7 @@ import pytest
 
 from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video
 from iconface_video.analysis.harvest import HarvestSettings
+from iconface_video.imageio import imread
 
 SAME_PERSON = HarvestSettings().reject_similarity
 GROUND_TRUTH = json.loads((Path(__file__).parent / "data" / "clips_groundtruth.json").read_text())["clips"]
@@ -39,7 +40,7 @@ def photo_embeddings(media_dir: Path, truth: dict) -> dict[str, np.ndarray]:
     for person, info in truth["people"].items():
         vectors = []
         for rel in info.get("photos", []):
-            image = cv2.cvtColor(cv2.imread(str(media_dir / rel)), cv2.COLOR_BGR2RGB)
+            image = cv2.cvtColor(imread(str(media_dir / rel)), cv2.COLOR_BGR2RGB)
             face = max(detector.detect([image])[0], key=lambda o: o.eye_distance)
             vectors.append(embedder.embed(image, face.kps5[None])[0])
         if vectors:

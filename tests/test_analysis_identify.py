@@ -6,7 +6,16 @@ import cv2
 import numpy as np
 import pytest
 
-from iconface_video.analysis.identify import IdentifySettings, TrackSummary, build_identities, cluster_tracks, pin_names
+from iconface_video.analysis.identify import (
+    IdentifySettings,
+    RejectSettings,
+    TrackSummary,
+    build_identities,
+    cluster_tracks,
+    pin_names,
+    rejection_reason,
+)
+from iconface_video.imageio import imread
 
 
 def noisy(base: np.ndarray, seed: int, spread: float = 0.15) -> np.ndarray:
@@ -76,7 +85,7 @@ def test_real_photos_cluster_by_person(media_dir):
     tracks, truth = [], []
     for person, names in files.items():
         for name in names:
-            image = cv2.cvtColor(cv2.imread(str(base / name)), cv2.COLOR_BGR2RGB)
+            image = cv2.cvtColor(imread(str(base / name)), cv2.COLOR_BGR2RGB)
             face = max(detector.detect([image])[0], key=lambda o: o.eye_distance)
             vector = embedder.embed(image, face.kps5[None])[0]
             n = len(tracks)
@@ -86,3 +95,26 @@ def test_real_photos_cluster_by_person(media_dir):
     for i in range(len(tracks)):
         for j in range(len(tracks)):
             assert (labels[i] == labels[j]) == (truth[i] == truth[j]), (truth[i], truth[j], labels)
+
+
+def _track(frames: int, score: float, eye: float, interpolated_every: int = 0):
+    """A track's arrays: ``frames`` consecutive frames, constant score and eye distance."""
+    kps = np.array([[0, 0], [eye, 0], [eye / 2, eye / 2], [0, eye], [eye, eye]], np.float32)
+    detected = np.ones(frames, bool)
+    if interpolated_every:
+        detected[1::interpolated_every] = False
+    return np.arange(100, 100 + frames), np.full(frames, score, np.float32), np.broadcast_to(kps, (frames, 5, 2)), detected
+
+
+def test_blips_low_scores_and_tiny_faces_are_rejected_with_a_reason():
+    settings = RejectSettings()
+    assert rejection_reason(*_track(60, 0.99, 30), shot_frames=200, fps=25) is None
+    assert rejection_reason(*_track(4, 0.99, 30), shot_frames=200, fps=25, settings=settings).startswith("short: 4 frames")
+    # A short track filling its short shot is a person seen briefly, not a blip.
+    assert rejection_reason(*_track(6, 0.99, 30), shot_frames=8, fps=25) is None
+    assert rejection_reason(*_track(60, 0.87, 30), shot_frames=200, fps=25).startswith("low score: median detector score 0.870")
+    assert rejection_reason(*_track(60, 0.99, 6), shot_frames=200, fps=25).startswith("small: median eye distance 6.0 px")
+    # Interpolated frames do not count towards the score (theirs is their neighbours' minimum).
+    frames, scores, kps, detected = _track(60, 0.99, 30, interpolated_every=2)
+    scores = np.where(detected, scores, 0.1).astype(np.float32)
+    assert rejection_reason(frames, scores, kps, detected, shot_frames=200, fps=25) is None

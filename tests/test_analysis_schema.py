@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 
@@ -17,6 +16,7 @@ from iconface_video.analysis.schema import (
     save_analysis,
 )
 from iconface_video.errors import InputError
+from iconface_video.imageio import imwrite
 from iconface_video.types import FaceObs, Identity, Reference, ReliabilityTerms, Shot, Track
 
 KPS = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float32)
@@ -30,7 +30,7 @@ def _track(track_id: int, shot: int, frames: range, identity: int) -> Track:
 def make_analysis(tmp_path) -> Analysis:
     crop = tmp_path / "refs" / "identity000_ref0.png"
     crop.parent.mkdir(exist_ok=True)
-    cv2.imwrite(str(crop), np.full((64, 64, 3), 128, np.uint8))
+    imwrite(str(crop), np.full((64, 64, 3), 128, np.uint8))
     terms = ReliabilityTerms(0.8, 0.7, 0.9, 1.0, 0.95, 1.0, 0.9, 0.85)
     refs = (
         HarvestedReference(Reference(0, 0, 3, (13.0, 20.0, 113.0, 120.0), tuple(map(tuple, KPS.tolist())), 0.85, terms),
@@ -114,6 +114,12 @@ def test_user_can_rename_merge_and_drop_a_reference(tmp_path):
     (lambda d: d.pop("shots"), "(top level): 'shots' is a required property"),
     (lambda d: d["identities"][0].__setitem__("same_as", 1) or d["identities"][1].__setitem__("same_as", 0), "same_as forms a loop"),
     (lambda d: d.__setitem__("version", 99), "version: this file is version 99"),
+    # Hand edits the shape check passes (Python's json reads NaN and Infinity): the field's path.
+    (lambda d: d["tracks"][1]["obs"][2]["box"].__setitem__(0, float("nan")), "tracks[1].obs[2].box: nan is not a finite number"),
+    (lambda d: d["tracks"][0]["obs"][3]["kps5"][1].__setitem__(0, 1e30), "tracks[0].obs[3].kps5: x = 1e+30 lies far outside the 640x360 frame"),
+    (lambda d: d["tracks"][2]["obs"][0].__setitem__("score", float("inf")), "tracks[2].obs[0].score: inf is not a finite number"),
+    (lambda d: d["references"][0]["crop_kps5"][0].__setitem__(1, float("nan")), "references[0].crop_kps5: nan is not a finite number"),
+    (lambda d: d["identities"][0]["centroid"].__setitem__(0, float("nan")), "identities[0].centroid: nan is not a finite number"),
 ])
 def test_problems_are_reported_one_clear_line_each(tmp_path, change, message):
     with pytest.raises(AnalysisFileError) as caught:
@@ -121,6 +127,44 @@ def test_problems_are_reported_one_clear_line_each(tmp_path, change, message):
     lines = str(caught.value).splitlines()
     assert any(message in line for line in lines), lines
     assert "not a valid analysis file" in lines[0]
+
+
+def test_nan_in_a_file_is_refused_with_the_path(tmp_path):
+    """The raw text a user may type: ``NaN`` in a box reaches the loader as a float NaN."""
+    path = tmp_path / "movie.iconface.json"
+    save_analysis(make_analysis(tmp_path), path)
+    text = path.read_text()
+    first_box = text.index('"box": [') + len('"box": [')
+    path.write_text(text[:first_box] + "NaN" + text[text.index(",", first_box):])
+    with pytest.raises(AnalysisFileError, match=r"tracks\[0\]\.obs\[0\]\.box: nan is not a finite number"):
+        load_analysis(path)
+
+
+def test_rejected_tracks_round_trip_and_a_user_can_promote_one(tmp_path):
+    from iconface_video.analysis.schema import RejectedTrack
+
+    original = make_analysis(tmp_path)
+    blip = RejectedTrack(_track(7, 1, range(30, 34), None), "short: 4 frames")
+    analysis = Analysis(original.version, original.video, original.shots, original.tracks, original.identities,
+                        original.references, original.settings, {**original.track_embeddings, 7: np.ones(4, np.float32)},
+                        original.obs_reliability, original.face_verified, rejected=(blip,))
+    path = tmp_path / "movie.iconface.json"
+    save_analysis(analysis, path)
+    loaded = load_analysis(path)
+    assert [t.id for t in loaded.tracks] == [0, 1, 2], "a rejected track is not rendered"
+    assert [(r.track.id, r.reason) for r in loaded.rejected] == [(7, "short: 4 frames")]
+    assert [t.id for t, _ in loaded.faces_at(31)] == [2]
+    data = json.loads(path.read_text())
+    data["rejected_tracks"][0]["identity"] = 1  # the user's edit: "this is person 1 after all"
+    path.write_text(json.dumps(data))
+    promoted = load_analysis(path)
+    assert promoted.rejected == () and promoted.track(7).identity == 1
+    assert promoted.identity(1).tracks == (1, 2, 7)
+    assert [t.id for t, _ in promoted.faces_at(31)] == [2, 7]
+    # Files written before rejected tracks existed still load.
+    del data["rejected_tracks"]
+    path.write_text(json.dumps(data))
+    assert load_analysis(path).rejected == ()
 
 
 def test_several_problems_are_all_listed(tmp_path):

@@ -8,6 +8,7 @@ tests; the comparisons are with ``iconface-video VIDEO`` run on the same file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -155,12 +156,13 @@ def test_kill_9_mid_batch_then_rerun_finishes_only_the_rest(checkpoint, tmp_path
                              start_new_session=True)
     try:
         # One worker takes the files in order: kill once k1 has two finished segments.
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 240  # generous: the machine may be busy; the kill point is what counts
         while len(list(out.glob(".k1.mp4.iconface-work-*/segment-*.nut"))) < 2:
             assert batch.poll() is None and time.monotonic() < deadline, "batch ended before the kill"
             time.sleep(0.01)
-        os.killpg(batch.pid, signal.SIGKILL)
     finally:
+        with contextlib.suppress(ProcessLookupError):  # it may have ended (then the assertion says so)
+            os.killpg(batch.pid, signal.SIGKILL)
         batch.wait(30)
 
     before = read_manifest(manifest_path(out))
@@ -169,7 +171,7 @@ def test_kill_9_mid_batch_then_rerun_finishes_only_the_rest(checkpoint, tmp_path
     assert before["k1.mp4"].state == "running", "the file in progress stays marked running"
     mtimes = {k: (out / k).stat().st_mtime_ns for k in done}
 
-    rerun = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    rerun = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     events = _events(rerun.stdout)
     assert {Path(e["output"]).name for e in events if e["event"] == "file_skipped"} == done
@@ -215,7 +217,7 @@ def test_a_worker_that_dies_fails_only_its_item_and_is_replaced(clips, checkpoin
         backend.close()
 
 
-def _poll_until(backend, kind: str, timeout: float = 60) -> list[tuple]:
+def _poll_until(backend, kind: str, timeout: float = 240) -> list[tuple]:
     seen = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -235,18 +237,18 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(checkpoint, tmp_path):
                "--workers", "2", "--segment-frames", "8", "--checkpoint", str(checkpoint)]
     batch = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=REPO,
                              start_new_session=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 240
     while not list(out.glob(".c*.mp4.iconface-work-*/segment-*.nut")):
         assert batch.poll() is None and time.monotonic() < deadline, "batch ended before the interrupt"
         time.sleep(0.01)
     os.killpg(batch.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-    _, stderr = batch.communicate(timeout=60)
+    _, stderr = batch.communicate(timeout=120)
     assert batch.returncode == 130
     assert "Traceback" not in stderr and "interrupted" in stderr
     assert not list((out / ".iconface-locks").iterdir()), "an interrupted run must release its locks"
     assert "running" in {r.state for r in read_manifest(manifest_path(out)).values()}
 
-    rerun = subprocess.run([*command, "--json"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    rerun = subprocess.run([*command, "--json"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert any(e["event"] == "resume" for e in _events(rerun.stdout))
     assert {r.state for r in read_manifest(manifest_path(out)).values()} == {"done"}

@@ -24,7 +24,7 @@ def test_round_trip_restores_identical_crops(tmp_path):
     model = random_model(small_config())
     path = save_checkpoint(tmp_path / "core.safetensors", model, training={"steps": 12, "data": "synthetic"})
     meta = json.loads(sidecar_path(path).read_text())
-    assert meta["version"] == 1 and meta["crop_size"] == 32 and meta["template"] == "arcface"
+    assert meta["version"] == 2 and meta["crop_size"] == 32 and meta["template"] == "arcface"
     assert meta["id_encoder"] == "proxy" and meta["training"]["steps"] == 12
     assert not list(tmp_path.glob("*.tmp"))
     loaded = Restorer.from_checkpoint(path)
@@ -66,6 +66,16 @@ def test_pickles_and_missing_files_are_refused(tmp_path):
     sidecar_path(path).unlink()
     with pytest.raises(MissingModelError, match="config"):
         load_checkpoint(path)
+
+
+def test_pixel_patch_checkpoints_of_version_1_are_refused_in_one_line(tmp_path):
+    path = save_checkpoint(tmp_path / "core.safetensors", random_model(small_config()))
+    assert path.stat().st_mode & 0o777 == 0o644
+    meta = json.loads(sidecar_path(path).read_text())
+    sidecar_path(path).write_text(json.dumps({**meta, "version": 1}))
+    with pytest.raises(BadWeightsError, match="checkpoint version 1; this program reads version 2") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
 
 
 def test_missing_embedded_checkpoint_names_the_file(tmp_path, monkeypatch):

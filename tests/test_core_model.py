@@ -11,6 +11,7 @@ from core_cases import mixed_inputs, random_model, small_config
 
 from iconface_video.core.batch import TrainBatch
 from iconface_video.core.config import TEMPLATES, CoreConfig, load_config
+from iconface_video.core.losses import compute_losses
 from iconface_video.core.packing import build_layout
 from iconface_video.core.restorer import Restorer
 from iconface_video.core.sampler import sample, time_schedule, track_noise
@@ -35,17 +36,53 @@ def _conditions(model, lq, track, refs, ref_track, weight=None, feat=None):
 
 
 def test_presets_load_and_record_crop_and_template():
-    for name in ("tiny", "tiny_p8", "s256", "b512"):
+    for name in ("cpu", "gpu"):
         cfg = load_config(name)
         assert cfg.name == name and cfg.template in TEMPLATES
-        assert cfg.crop_size % cfg.patch == 0 and cfg.ref_size % cfg.patch == 0
-    tiny = load_config("tiny")
-    assert (tiny.crop_size, tiny.template) == (112, "arcface")  # the training data's format
-    assert CoreConfig.from_dict(tiny.to_dict()) == tiny
+        assert cfg.stride == 16 and (cfg.min_side, cfg.max_side) == (96, 512)
+    cpu = load_config("cpu")
+    assert (cpu.crop_size, cpu.template) == (128, "arcface")
+    assert CoreConfig.from_dict(cpu.to_dict()) == cpu
+    assert CoreConfig.from_dict(cpu.to_dict() | {"enc_channels": list(cpu.enc_channels)}) == cpu  # YAML lists
     with pytest.raises(ValueError, match="unknown core config keys"):
-        CoreConfig.from_dict({**tiny.to_dict(), "colour": 1})
-    with pytest.raises(ValueError, match="multiples of patch"):
-        tiny.replace(crop_size=100)
+        CoreConfig.from_dict({**cpu.to_dict(), "colour": 1})
+    with pytest.raises(ValueError, match="multiples of the token stride"):
+        cpu.replace(crop_size=100)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        cpu.check_side(520)
+
+
+def test_a_fresh_core_returns_its_input_at_every_side():
+    """The zero-initialised residual head: before training the core is "return the degraded crop",
+    at any allowed side (convolutional ends, side-independent RoPE positions)."""
+    torch.manual_seed(0)
+    from iconface_video.core.model import IConFaceCore
+
+    fresh = Restorer(IConFaceCore(small_config()))
+    for side in (16, 32, 48, 64):
+        lq = torch.rand(2, 3, side, side)
+        out = fresh.restore(lq, torch.tensor([1, 2]), steps=2)
+        assert torch.allclose(out.crops, lq, atol=1e-6)
+    with pytest.raises(ValueError, match="crop side 36"):
+        fresh.restore(torch.rand(1, 3, 36, 36), torch.tensor([1]))
+
+
+def test_a_trained_core_runs_at_other_sides_with_the_same_facial_positions(model):
+    """RoPE positions are measured in training-grid units: a crop twice the side gets the same
+    position range, so the scene tokens of one face cover the same positions at both sides."""
+    lq, track, refs, ref_track = mixed_inputs(model.config)
+    small = _conditions(model, lq, track, refs, ref_track)
+    big_lq = torch.nn.functional.interpolate(lq, scale_factor=2, mode="bilinear")
+    big = _conditions(model, big_lq, track, refs, ref_track)
+    ns_small, ns_big = small.layout.ns, big.layout.ns
+    assert ns_big == 4 * ns_small
+    pos_s, pos_b = small.rope_scene[:ns_small], big.rope_scene[:ns_big]
+    assert pos_s.shape[0] * 4 == pos_b.shape[0]
+    for lay in (small.layout, big.layout):
+        hw = lay.scene_pos[: lay.ns, 1:]
+        assert float(hw.min()) > -0.5 and float(hw.max()) < model.config.grid - 0.5
+    out = Restorer(model).restore(big_lq, track, refs=refs, ref_track=ref_track)
+    assert out.crops.shape == big_lq.shape and bool(torch.isfinite(out.crops).all())
 
 
 def test_layout_has_no_reference_tokens_for_k0_and_shares_refs_per_track():
@@ -179,8 +216,8 @@ def test_every_trainable_parameter_gets_a_gradient(changes):
     lq, track, refs, ref_track = mixed_inputs(model.config)
     batch = TrainBatch(lq=lq * 2 - 1, hq=lq * 2 - 1, track=track, refs=refs * 2 - 1, ref_track=ref_track,
                        ref_valid=torch.ones(5, dtype=torch.bool), t=torch.full((5,), 0.5), noise=torch.randn_like(lq))
-    losses = model.train_loss(batch)
-    assert set(losses) == {"fm", "total"} and torch.isfinite(losses["total"])
+    losses = compute_losses(model, batch)
+    assert set(losses) == {"fm", "l1", "grad", "total"} and torch.isfinite(losses["total"])
     losses["total"].backward()
     dead = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().max() == 0)]
     assert not dead, f"parameters without gradient: {dead}"

@@ -63,7 +63,9 @@ def test_precomputed_features_and_external_encoder():
 def test_bad_shapes_are_refused(restorer):
     lq, track, refs, ref_track = mixed_inputs(restorer.config)
     with pytest.raises(ValueError, match="arcface-aligned"):
-        restorer.restore(lq[:, :, :16, :16], track)
+        restorer.restore(lq[:, :, :16, :24], track)  # not square
+    with pytest.raises(ValueError, match="crop side 12 must be a multiple of 8"):
+        restorer.restore(lq[:, :, :12, :12], track)
     with pytest.raises(ValueError, match="track"):
         restorer.restore(lq, track[:2])
     with pytest.raises(ValueError, match="finite floats"):
@@ -84,7 +86,6 @@ def test_bf16_runs_close_to_fp32():
 
 
 def test_real_dlib_encoder_feeds_the_anchor():
-    pytest.importorskip("dlib")
     from iconface_video.core.identity import load_id_encoder
 
     try:

@@ -9,7 +9,7 @@ from core_cases import small_config
 
 from iconface_video.core.batch import TrainBatch, sample_t
 from iconface_video.core.config import load_config
-from iconface_video.core.losses import compute_losses, noisy_input, velocity_loss
+from iconface_video.core.losses import compute_losses, feature_loss, gradient_l1, noisy_input, velocity_loss
 from iconface_video.core.model import IConFaceCore
 
 torch.set_num_threads(1)
@@ -33,7 +33,7 @@ def _overfit(config, batch: TrainBatch, steps: int) -> tuple[float, float]:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
     losses = []
     for _ in range(steps):
-        loss = model.train_loss(batch)["total"]
+        loss = compute_losses(model, batch)["total"]
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -57,23 +57,40 @@ def test_identity_hooks_add_named_losses_and_reach_the_model():
     model = IConFaceCore(cfg)
     batch = _fixed_batch(cfg, 3, [0, 2, 1])
     batch = TrainBatch(**{**batch.__dict__, "id_feat": torch.randn(3, cfg.id_dim) + 1})
-    # A differentiable stand-in identity encoder (real AdaFace weights cannot be fetched here).
+    # A differentiable stand-in identity encoder: the hooks' plumbing, not the network, is tested here.
     enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, cfg.id_dim))
     losses = compute_losses(model, batch, encoder=enc)
-    assert set(losses) == {"fm", "id", "ref", "total"}
+    assert set(losses) == {"fm", "l1", "grad", "id", "ref", "total"}
     assert losses["ref"] > 0 and losses["id"] >= 0
     losses["total"].backward()
-    assert model.head.weight.grad.abs().sum() > 0
+    assert model.decoder.head[0].weight.grad.abs().sum() > 0  # the zero-initialised head learns first
+
+
+def test_pixel_terms_pay_for_edges_and_feature_loss_uses_activations():
+    x0 = torch.zeros(1, 3, 8, 8)
+    x0[..., 4:] = 1.0  # a vertical edge
+    blurred = F.avg_pool2d(F.pad(x0, (1, 1, 1, 1), mode="replicate"), 3, stride=1)
+    assert gradient_l1(blurred, x0) > 0 and gradient_l1(x0 + 0.3, x0) < 1e-7  # a shift has no edge error
+
+    class Net(torch.nn.Module):  # a stand-in with the identity network's two calls (no weights here)
+        def forward(self, x):
+            return x.flatten(1)[:, :4]
+
+        def features(self, x):
+            return [x, x.mean(1, keepdim=True)]
+
+    assert feature_loss(x0, x0, Net()) < 1e-7 and feature_loss(x0 + 0.5, x0, Net()) > 0.2
 
 
 def test_small_model_overfits_a_fixed_batch():
     cfg = small_config()
-    first, last = _overfit(cfg, _fixed_batch(cfg, 8, [0, 1, 3, 2] * 2), steps=100)
-    assert last < 0.5 * first, (first, last)
+    # Random-noise targets must be memorised through a head that starts at zero: 200 steps.
+    first, last = _overfit(cfg, _fixed_batch(cfg, 8, [0, 1, 3, 2] * 2), steps=200)
+    assert last < 0.55 * first, (first, last)
 
 
 @pytest.mark.slow
-def test_tiny_preset_overfits_a_fixed_batch():
-    cfg = load_config("tiny").replace(id_encoder="proxy")  # proxy: no dlib features needed
+def test_cpu_preset_overfits_a_fixed_batch():
+    cfg = load_config("cpu").replace(id_encoder="proxy")  # proxy: no dlib features needed
     first, last = _overfit(cfg, _fixed_batch(cfg, 4, [0, 1, 3, 1]), steps=100)
     assert last < 0.5 * first, (first, last)

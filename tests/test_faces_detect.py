@@ -21,6 +21,7 @@ from iconface_video.faces.align import (
 )
 from iconface_video.faces.detect import load_detector, points_to_stored
 from iconface_video.faces.draw import annotate, contact_sheet, draw_template
+from iconface_video.imageio import imread, imwrite
 
 GROUND_TRUTH = json.loads((Path(__file__).parent / "data" / "faces_groundtruth.json").read_text())
 
@@ -32,7 +33,7 @@ def detector():
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
 def read_frame(path: Path, index: int) -> np.ndarray:
@@ -97,7 +98,7 @@ def test_group_photos_recall_and_false_positives(detector, media_dir, artifacts_
     for s in sheets:
         canvas[: s.shape[0], x:x + s.shape[1]] = s
         x += s.shape[1]
-    cv2.imwrite(str(artifacts_dir / "faces_group_detections.png"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    imwrite(str(artifacts_dir / "faces_group_detections.png"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
 
 
 def test_sample_photo_shipped_with_insightface(detector):
@@ -157,7 +158,7 @@ def test_eyes_land_on_the_arcface_template_of_faces112(detector, media_dir, arti
         aligned, _ = align_crops(crop, kps[None], "arcface", 112)
         tiles.append(draw_template(aligned, reference)[0])
     sheet = contact_sheet(tiles, columns=8, tile=112)
-    cv2.imwrite(str(artifacts_dir / "faces112_realigned_contact_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    imwrite(str(artifacts_dir / "faces112_realigned_contact_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
 
 
 @pytest.mark.media
@@ -202,3 +203,40 @@ def test_bad_image_is_a_clear_error(detector):
         detector.detect([np.zeros((10, 10), np.float32)])
     with pytest.raises(InputError, match="unknown detector"):
         load_detector("yolo")
+
+
+def _sample_photo() -> np.ndarray:
+    import importlib.util
+
+    entry = GROUND_TRUTH["package_images"][0]
+    path = Path(next(iter(importlib.util.find_spec(entry["package"]).submodule_search_locations))) / entry["path"]
+    if not path.is_file():
+        pytest.skip(f"{path} not in this {entry['package']} version")
+    return read_rgb(path)
+
+
+@pytest.mark.parametrize("rotation", [0, 90, 270])
+def test_follow_finds_the_faces_near_predicted_boxes(detector, rotation):
+    """Between full detections the analysis asks only where tracks are expected: from boxes
+    shifted by a tenth of a face (motion since the last frame), O-net alone must give back each
+    face as the full cascade finds it (box and points), in stored-frame pixels for any rotation."""
+    from iconface_video.analysis.track import box_iou
+
+    upright_image = _sample_photo()
+    stored = np.ascontiguousarray(np.rot90(upright_image, k=-(rotation // 90) % 4))
+    full = detector.detect([stored], [3], rotation)[0]
+    assert len(full) >= 5
+    boxes = np.array([f.box for f in full], np.float32)
+    shifted = boxes + 0.1 * (boxes[:, 2:3] - boxes[:, 0:1]) * np.array([1, -1, 1, -1], np.float32)
+    followed = detector.follow(stored, shifted, 3, rotation)
+    assert len(followed) == len(full)
+    iou = box_iou(np.array([f.box for f in followed]), boxes)
+    for face, row in zip(followed, iou):
+        match_ = full[int(row.argmax())]
+        assert row.max() > 0.7 and face.frame_index == 3
+        eye = max(match_.eye_distance, 1.0)
+        assert np.abs(face.kps5 - match_.kps5).max() < 0.25 * eye
+    # Where no face is, nothing is found; no boxes, no work.
+    empty = np.array([[0, 0, 40, 40]], np.float32)
+    assert detector.follow(np.full_like(stored, 127), empty, 0, rotation) == []
+    assert detector.follow(stored, np.zeros((0, 4), np.float32), 0, rotation) == []

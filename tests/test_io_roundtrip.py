@@ -125,7 +125,7 @@ def test_other_codecs(tmp_path):
         # payload and start time of every audio packet; durations are container bookkeeping
         # (Matroska rounds them to 1 ms, MP4 derives them from the next packet)
         assert [p[:2] for p in stream_packets(out, "audio")] == [p[:2] for p in stream_packets(source, "audio")]
-    with pytest.raises(OutputError, match="WebM holds only"):
+    with pytest.raises(OutputError, match="webm file cannot hold libx264"):
         run_job(silent, tmp_path / "x.webm", fast(codec="libx264"))
 
 

@@ -87,8 +87,9 @@ def test_strength_blends_between_input_and_restoration():
 
 def _engine(tracks, restore, **kwargs):
     temporal = TemporalSettings.from_strength(kwargs.pop("temporal", 0.5))
-    plan = plan_faces(tracks, crop_size=SIZE, template_name="ffhq", temporal=temporal, min_eye_px=kwargs.pop("min_eye_px", None))
-    return FaceEngine(plan, restore, ellipse_mask, crop_size=SIZE, temporal=temporal, **kwargs)
+    plan = plan_faces(tracks, crop_size=SIZE, template_name="ffhq", temporal=temporal,
+                      min_eye_px=kwargs.pop("min_eye_px", None), sides=kwargs.pop("sides", None))
+    return FaceEngine(plan, restore, ellipse_mask, temporal=temporal, **kwargs)
 
 
 def test_engine_identity_is_seamless_over_a_clip_with_two_overlapping_faces():
@@ -133,3 +134,43 @@ def test_engine_error_in_restorer_reaches_the_caller():
     import pytest
     with pytest.raises(RuntimeError, match="boom"):
         list(_engine([moving_track(1, 4)], broken).process(iter(textured_frames(4))))
+
+
+def test_faces_of_different_sides_in_one_frame_are_restored_at_their_own_side():
+    frames = textured_frames(8)
+    # A small and a large face overlapping: each track gets the side its face has in the frame.
+    tracks = [moving_track(1, 8, start=(60, 60), eye_px=14, jitter=0.5, seed=1),
+              moving_track(2, 8, start=(85, 60), step=(-1, 0), eye_px=34, jitter=0.5, seed=2)]
+    seen = []
+
+    def recording(restore):
+        def run(lq, tracks):
+            seen.append((lq.shape[-1], sorted(set(tracks.tolist()))))
+            return restore(lq, tracks)
+        return run
+
+    engine = _engine(tracks, recording(identity_restore), sides=(32, 128), batch_size=3, segment_starts=(0, 5))
+    # Eyes 14 px apart need a ~57 px crop (ffhq: 125.9 px at 512) -> 64; 34 px -> 138 -> 144, capped at 128.
+    assert engine.plan.sides == {1: 64, 2: 128}
+    out = list(engine.process(iter(frames)))
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(frames, out)), "an identity restore is invisible at any side"
+    assert {side for side, _ in seen} == set(engine.plan.sides.values())
+    for side, ids in seen:
+        assert all(engine.plan.sides[t] == side for t in ids), "one side per restore call"
+    tinted = [f.image for f in _engine(tracks, tint_restore, sides=(32, 128), batch_size=3).process(iter(frames))]
+    assert all(not np.array_equal(a, f.image) for a, f in zip(tinted, frames))
+    # Batching changes nothing when two sides share the frames.
+    again = [f.image for f in _engine(tracks, tint_restore, sides=(32, 128), batch_size=1).process(iter(frames))]
+    assert all(np.array_equal(a, b) for a, b in zip(tinted, again))
+
+
+def test_track_side_follows_the_face_size_rounded_and_clamped():
+    from iconface_video.render.plan import SIDE_STEP, track_side
+
+    kps = np.stack([o.kps5 for o in moving_track(1, 5, eye_px=40).obs])
+    # ffhq: the template's eyes are 125.9 px apart at 512, so 40 px eyes need a crop of ~163 px.
+    natural = 512 * 40 / 125.92
+    side = track_side(kps, "ffhq", SIZE, 16, 512)
+    assert side % SIDE_STEP == 0 and abs(side - natural) <= SIDE_STEP / 2
+    assert track_side(kps, "ffhq", SIZE, 16, 96) == 96
+    assert track_side(kps, "ffhq", SIZE, 256, 512) == 256

@@ -75,3 +75,16 @@ def test_bad_options_are_one_line(files, capsys, args, message):
         args = ["--checkpoint", str(checkpoint), *args]
     code, _, err = _cli(capsys, "render", str(analysis_path), "--dry-run", *args)
     assert code != 0 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_json_events_show_each_tracks_side_and_identity_guard(files, capsys):
+    tmp, clip, analysis_path, checkpoint = files
+    out = tmp / "json.mp4"
+    events, _ = _ok(capsys, "render", str(analysis_path), "--checkpoint", str(checkpoint), "-o", str(out),
+                    "--crf", "0", "--preset", "ultrafast", "--identity-guard", "0.05", "--json")
+    report = next(e for e in map(json.loads, events.splitlines()) if e["event"] == "render")["report"]
+    tracks = {t["identity"]: t for t in report["tracks"]}
+    assert set(tracks) == {"Anna", "identity 1"}
+    for track in tracks.values():
+        assert track["side"] >= 16 and track["faces_checked"] == track["faces"] == 5
+        assert 0 <= track["guard_acted"] <= 5 and -1 <= track["similarity_after"] <= 1

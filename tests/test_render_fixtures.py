@@ -79,31 +79,42 @@ def ellipse_mask(lq: torch.Tensor, kps_crop: np.ndarray) -> torch.Tensor:
 
 
 def tiny_restorer(scale: float = 0.1, seed: int = 0):
-    """A small random core (``Restorer(model, config)``). Fresh cores have zero-initialised
-    output layers and return their input exactly, so every weight is nudged by seeded noise
-    of ``scale`` to get a core whose output really depends on its crops and references."""
+    """A small random core (``Restorer(model, config)``, crop sides 32 to 128). Fresh cores have
+    zero-initialised output layers and return their input exactly, so every weight is nudged by
+    seeded noise of ``scale`` to get a core whose output really depends on its crops and references."""
     from iconface_video.core.config import CoreConfig
     from iconface_video.core.model import IConFaceCore
     from iconface_video.core.restorer import Restorer
 
     torch.manual_seed(seed)
-    config = CoreConfig(crop_size=64, ref_size=32, dim=64, heads=2, n_dual=1, n_single=1, id_dim=64)
+    config = CoreConfig(crop_size=64, ref_size=32, min_side=32, max_side=128, enc_channels=(16, 24, 32), dim=64,
+                        heads=2, n_dual=1, n_single=1, id_dim=64)
     model = IConFaceCore(config)
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn(p.shape, generator=generator) * scale)
-    return Restorer(model, config)
+    # Trained (as far as the render knows) up to 128: faces are restored at their own sides.
+    return Restorer(model, config, trained_sides=(64, 128))
 
 
 class IdentityRestorer:
-    """A "restorer" that returns its input: the paste-back must then leave every pixel as it was."""
+    """A "restorer" that returns its input: the paste-back must then leave every pixel as it was.
 
-    crop_size, template, ref_size = 64, "ffhq", 32
+    It takes crops of any side from ``min_side`` to ``max_side`` (the core's contract) and
+    records the side of each call in ``sides``."""
+
+    crop_size, template, ref_size, stride = 64, "ffhq", 32, 16
+
+    def __init__(self, min_side: int = 64, max_side: int = 64) -> None:
+        self.min_side, self.max_side = min_side, max_side
+        self.sides: list[int] = []
 
     def restore(self, lq, track, refs=None, ref_track=None, ref_weight=None, ref_feat=None, seed=0, steps=4):
         from iconface_video.core.restorer import RestoreOutput
 
+        assert self.min_side <= lq.shape[-1] <= self.max_side and lq.shape[-1] == lq.shape[-2]
+        self.sides.append(lq.shape[-1])
         return RestoreOutput(crops=lq.clone(), diagnostics=[{} for _ in range(len(lq))])
 
 
@@ -142,6 +153,7 @@ def make_analysis(video_path, tmp_path, n: int = 16, cut: int = 8, with_referenc
     import cv2
 
     from iconface_video.analysis.schema import VERSION, Analysis, HarvestedReference
+    from iconface_video.imageio import imwrite
     from iconface_video.types import Identity, Reference, Shot
 
     frames = textured_frames(n)
@@ -153,7 +165,7 @@ def make_analysis(video_path, tmp_path, n: int = 16, cut: int = 8, with_referenc
     if with_reference:
         crop = frames[3].image[20:110, 25:125]
         crop_path = tmp_path / "anna-ref.png"
-        cv2.imwrite(str(crop_path), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
+        imwrite(crop_path, cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
         kps = anna.obs[3].kps5 - np.array([25, 20], np.float32)
         ref = Reference(identity=0, track=1, frame_index=3, box=anna.obs[3].box,
                         kps5=tuple(map(tuple, anna.obs[3].kps5.tolist())), reliability=0.8)

@@ -41,6 +41,7 @@ CHILD = textwrap.dedent("""
 
     class Slow:  # the same core, slowed so the kill lands mid-render
         crop_size, template, ref_size, config, model = core.crop_size, core.template, core.ref_size, core.config, core.model
+        min_side, max_side, stride = core.min_side, core.max_side, core.stride
 
         def restore(self, *args, **kwargs):
             time.sleep(0.25)

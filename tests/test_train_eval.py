@@ -12,10 +12,12 @@ from test_train_data import make_identity_folder
 from test_train_trainer import MICRO_CORE
 
 from iconface_video.cli import main
+from iconface_video.imageio import imread
 from iconface_video.train import degrade as D
 from iconface_video.train.data import scan_identities
 from iconface_video.train.evaluate import (
     RECORD_KEYS,
+    available_peers,
     bicubic_unsharp,
     build_cases,
     psnr,
@@ -41,21 +43,21 @@ def test_eval_command_writes_records_and_grid(tmp_path, micro_checkpoint):
           "--grid", str(grid), "--per-person", "2", "--refs", "2", "--steps", "1"])
     doc = json.loads(out.read_text())
     records = doc["records"]
-    assert {(r["method"], r["bucket"]) for r in records} == {
-        (m, b) for m in ("input", "bicubic_unsharp", "model_noref", "model_ref") for b in D.BUCKETS}
+    methods = ("input", "bicubic_unsharp", *available_peers(), "model_noref", "model_ref")
+    assert {(r["method"], r["bucket"]) for r in records} == {(m, b) for m in methods for b in D.BUCKETS}
     for r in records:
         assert set(RECORD_KEYS) <= set(r)
         assert r["n"] == 4 and np.isfinite(r["psnr"]) and 0 < r["ssim"] <= 1 and -1 <= r["id_cos"] <= 1
     assert doc["meta"]["steps"] == 1 and doc["meta"]["people"] == ["person0", "person1"]
-    img = cv2.imread(str(grid))
-    assert img.shape[1] == 32 * 5 and img.shape[0] > 32 * 3
+    img = imread(grid)
+    assert img.shape[1] == 32 * (len(methods) + 1) and img.shape[0] > 32 * 3
 
 
 def test_eval_without_model_and_bad_bucket(tmp_path, capsys):
     data = make_identity_folder(tmp_path / "held", people=2, per_person=3)
     main(["eval", "--data", str(data), "--no-model", "--json", str(tmp_path / "e.json"), "--buckets", "severe"])
     methods = {r["method"] for r in json.loads((tmp_path / "e.json").read_text())["records"]}
-    assert methods == {"input", "bicubic_unsharp"}
+    assert methods == {"input", "bicubic_unsharp", *available_peers()}
     with pytest.raises(SystemExit) as bad:
         main(["eval", "--data", str(data), "--no-model", "--json", str(tmp_path / "x.json"), "--buckets", "blurry"])
     assert bad.value.code == 2 and "unknown bucket" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -22,7 +23,8 @@ from iconface_video.train.config import TrainConfig, load_train_config
 from iconface_video.train.trainer import lr_at, read_log, train
 
 MICRO_CORE = {
-    "version": 1, "name": "micro", "crop_size": 32, "ref_size": 16, "patch": 8, "template": "arcface",
+    "version": 2, "name": "micro", "crop_size": 32, "ref_size": 16, "min_side": 16, "max_side": 64,
+    "enc_channels": [8, 8], "enc_blocks": [1, 1], "dec_blocks": [1, 1], "template": "arcface",
     "dim": 32, "heads": 2, "n_dual": 1, "n_single": 1, "mlp_ratio": 2, "lora_r": 4, "struct_r": 4,
     "id_encoder": "proxy", "id_dim": 16,
 }
@@ -63,6 +65,21 @@ def test_resume_follows_the_identical_loss_trajectory(setup):
     assert split["holdout"] == ["person2"] and "person2" not in split["train"]
     side = json.loads((straight / "checkpoints" / "step_0000006" / "restorer.json").read_text())
     assert side["crop_size"] == 32 and side["template"] == "arcface" and side["training"]["step"] == 6
+    assert side["training"]["sides"] == [32] and side["training"]["recommended_steps"] == 1
+
+
+def test_large_crop_steps_train_at_their_side_and_are_recorded(setup, tmp_path_factory):
+    """Every hr_every-th step is a quarter batch of large crops from hr_data; the checkpoint then
+    records both sides, which is what lets the render restore big faces at the big side."""
+    tmp, data, cfg = setup
+    big = make_identity_folder(tmp_path_factory.mktemp("big"), people=2, per_person=3, size=64)
+    run = train(cfg.replace(steps=4, hr_data=str(big), hr_side=64, hr_every=2, batch_size=4), data, tmp / "hr")
+    side = json.loads((run / "checkpoints" / "step_0000004" / "restorer.json").read_text())
+    assert side["training"]["sides"] == [32, 64]
+    from iconface_video.core.restorer import Restorer
+
+    restorer = Restorer.from_checkpoint(run / "checkpoints" / "step_0000004" / "restorer.safetensors")
+    assert (restorer.crop_size, restorer.max_side) == (32, 64)
 
 
 def test_run_folder_rules_and_warm_start(setup):
@@ -91,12 +108,15 @@ def test_lr_schedule():
 def test_shipped_configs_load():
     from iconface_video.core.config import load_config
 
-    for name in ("tiny-cpu", "tiny-cpu-noref", "tiny-gpu", "s256-gpu"):
+    from iconface_video.train.config import TRAIN_CONFIG_DIR
+
+    names = sorted(p.stem for p in TRAIN_CONFIG_DIR.glob("*.yaml"))
+    assert "cpu" in names
+    for name in names:
         cfg = load_train_config(name)
         assert cfg.k_max >= 1 and len(cfg.holdout) >= 4
-        core = load_config(cfg.core)  # core YAMLs beside the training YAML resolve from any cwd
-        assert core.crop_size in (112, 256)
-    assert load_train_config("tiny-cpu-noref").p_no_ref == 1.0
+        core = load_config(cfg.core)  # core presets resolve from any cwd
+        assert core.crop_size in (128, 256)
 
 
 def test_torchrun_two_cpu_processes(setup):
@@ -118,3 +138,28 @@ def test_loader_workers_give_the_same_batches(setup):
     tmp, data, cfg = setup
     short = cfg.replace(steps=3)
     assert _losses(train(short, data, tmp / "inline")) == _losses(train(short.replace(workers=2), data, tmp / "workers"))
+
+
+def test_device_data_runs_train_from_a_pack_without_the_data_folder(setup):
+    """``device_data``: batches made on the training device from a face pack; the run records the
+    pack as its data, and the same step gives the same losses when resumed."""
+    import cv2
+
+    from iconface_video.train.device_data import PackWriter
+
+    tmp, data, cfg = setup
+    writer = PackWriter(template="arcface")
+    for person in sorted(p for p in data.iterdir() if p.is_dir()):
+        for i, image in enumerate(sorted(person.iterdir())):
+            ok, jpeg = cv2.imencode(".jpg", cv2.imdecode(np.fromfile(image, np.uint8), cv2.IMREAD_COLOR))
+            writer.add(person.name, jpeg.tobytes(), frame=-1, side=32)
+    pack = tmp / "faces.pack"
+    writer.write(pack)
+    dev_cfg = cfg.replace(device_data=str(pack), steps=4)
+    run = train(dev_cfg, tmp / "not-read", tmp / "device")
+    split = json.loads((run / "split.json").read_text())
+    assert split["data"] == str(pack.resolve()) and "person2" not in split["train"]
+    assert (run / "checkpoints" / "step_0000004" / "restorer.safetensors").is_file()
+    broken = train(dev_cfg, tmp / "not-read", tmp / "device-broken", until_step=2)
+    train(dev_cfg, tmp / "not-read", broken, resume=True)
+    assert _losses(broken) == _losses(run)

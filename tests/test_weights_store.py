@@ -14,7 +14,7 @@ import torch
 from cli_helpers import cli_exit_code
 from safetensors.torch import save_file
 
-from iconface_video.errors import BadWeightsError, MissingModelError
+from iconface_video.errors import BadWeightsError, MissingModelError, OutputError
 from iconface_video.faces.mtcnn import PNet
 from iconface_video.weights import (
     MODELS,
@@ -29,6 +29,7 @@ from iconface_video.weights import (
     state_dict_of,
     verify,
 )
+from iconface_video.weights.store import derive
 
 
 @pytest.fixture(autouse=True)
@@ -51,6 +52,11 @@ def test_catalogue_is_complete_and_honest_about_licences():
     restorer = get_model("restorer")
     assert "non-commercial" in restorer.licence and restorer.embedded
     assert [f.name for f in restorer.files] == ["iconface-restorer.safetensors", "iconface-restorer.json"]
+    for model in MODELS:  # a converted model: one file, pinned (the conversion is deterministic)
+        if model.derived_from is not None:
+            source = get_model(model.derived_from)
+            assert len(model.files) == 1 and model.files[0].sha256 and model.files[0].size
+            assert model.licence == source.licence and model.commercial_use == source.commercial_use
 
 
 def test_embedded_models_verify_against_their_checksums():
@@ -205,3 +211,45 @@ def test_models_cli_list_verify_and_fetch_messages(tmp_path, capsys):
     assert "has no download URL: download it from https://github.com/mk-minchul/AdaFace" in capsys.readouterr().err
     assert cli_exit_code(["models", "fetch", "no-such-model"]) == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+def _derived(content: bytes) -> Model:
+    """A stand-in converted model whose catalogue entry pins ``content``."""
+    return Model(
+        name="toy-derived", kind="embedder", description="toy", licence="CC0", commercial_use=True,
+        files=(ModelFile("toy.safetensors", sha256=hashlib.sha256(content).hexdigest(), size=len(content)),),
+        derived_from="toy-source",
+    )
+
+
+def test_derive_converts_once_then_finds_the_copy(tmp_path):
+    content = b"converted bytes"
+    model = _derived(content)
+    calls = []
+
+    def make(path: Path) -> None:
+        calls.append(path)
+        path.write_bytes(content)
+
+    first = derive(model, make, tmp_path / "models")
+    assert first == tmp_path / "models" / "toy-derived" / "toy.safetensors"
+    assert first.read_bytes() == content
+    assert derive(model, make, tmp_path / "models") == first
+    assert len(calls) == 1  # the second call found the file
+    assert calls[0].parent == first.parent and calls[0] != first  # written beside it, then renamed
+
+
+def test_derive_refuses_a_conversion_with_another_checksum(tmp_path):
+    model = _derived(b"expected")
+    with pytest.raises(BadWeightsError, match="toy.safetensors converted from toy-source: size 9") as caught:
+        derive(model, lambda path: path.write_bytes(b"different"), tmp_path / "models")
+    assert "\n" not in str(caught.value)
+    assert list((tmp_path / "models" / "toy-derived").iterdir()) == []  # nothing half-made is left
+
+
+def test_derive_into_an_unwritable_folder_is_one_clear_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")  # a file where the models folder would be
+    with pytest.raises(OutputError, match="cannot write .*--models-dir") as caught:
+        derive(_derived(b"x"), lambda path: None, blocker)
+    assert "\n" not in str(caught.value)

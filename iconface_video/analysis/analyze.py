@@ -10,10 +10,14 @@ One pass over the video, holding only a few frames at a time:
 4. at the end, tracks are clustered into identities, user photos pin names, the top K
    references per identity are chosen, and the file, crops and contact sheets are written.
 
-The detector sees frames turned upright by the container's rotation tag, unless the content says
-otherwise: with ``rotation="auto"`` the first detected frames are tried in all four orientations
-and the one giving the most confident, upright-looking faces wins (``OrientationVote``), because
-tags are sometimes wrong (frames stored upright but tagged -90) or lost by a re-encode.
+The detector sees frames turned upright by the container's rotation tag, unless the content
+clearly says otherwise: with ``rotation="auto"`` small copies of the first detected frames are
+also searched in the other orientations, and one replaces the tag only with a clear margin
+across several shots (``orientation.OrientationVote``), because tags are sometimes wrong (frames
+stored upright but tagged -90) or lost by a re-encode, but far more often right.
+
+Faces are detected on the whole frame at each shot's start and every ``full_detect_s`` seconds;
+in between, detectors that can (``follow``) look only at each live track's predicted box.
 
 Every ``checkpoint_every`` frames the live state goes to ``<output>.partial`` (JSON) beside the
 output, with the candidate crops in ``<refs folder>.partial/``; a rerun with the same input and
@@ -51,14 +55,24 @@ from iconface_video.analysis.harvest import (
 )
 from iconface_video.analysis.identify import (
     IdentifySettings,
+    RejectSettings,
     TrackSummary,
     build_identities,
     pin_names,
+    rejection_reason,
+)
+from iconface_video.analysis.orientation import (
+    ROTATION_MODES,
+    OrientationVote,
+    probe_view,
+    rotation_candidates,
+    upright_confidence,
 )
 from iconface_video.analysis.schema import (
     VERSION,
     Analysis,
     HarvestedReference,
+    RejectedTrack,
     save_analysis,
 )
 from iconface_video.analysis.shots import Boundary, ShotDetector, ShotSettings
@@ -72,17 +86,20 @@ from iconface_video.analysis.track import (
 )
 from iconface_video.errors import InputError, OutputError
 from iconface_video.files import write_text_atomic
+from iconface_video.imageio import imread, imwrite
 from iconface_video.types import FaceObs, Frame, Reference, Shot
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-ROTATION_MODES = ("auto", "tag", "none", "0", "90", "180", "270")
 
 
 @dataclass(frozen=True)
 class AnalyzeSettings:
     """Everything that changes the analysis (saved in the file's ``settings``)."""
 
-    detect_every: int = 1
+    detect_every: int = 1  # > 1: detect every k-th frame only, interpolating between
+    # With detect_every 1, faces are found on the whole frame this often (and at each shot's
+    # start) and followed from their tracks' predicted boxes in between (detectors that can).
+    full_detect_s: float = 0.25
     embed_every_s: float = 0.2  # every face is embedded at least this often (and whenever tracking needs it)
     max_refs: int = 4
     detector: str = "auto"
@@ -98,12 +115,13 @@ class AnalyzeSettings:
     shots: ShotSettings = ShotSettings()
     tracking: TrackSettings = TrackSettings()
     identify: IdentifySettings = IdentifySettings()
+    reject: RejectSettings = RejectSettings()
     harvest: HarvestSettings = HarvestSettings()
     # Orientation the detector sees (see ROTATION_MODES): "auto" decides from the faces, "tag"
     # trusts the container, "none" uses the stored frames, a number forces that many degrees.
     rotation: str = "auto"
     orientation_frames: int = 5  # "auto": frames with faces that decide the orientation
-    orientation_probe_limit: int = 300  # "auto": detected frames tried in every orientation at most
+    orientation_probe_limit: int = 150  # "auto": frames tried in every orientation at most
 
 
 def default_output(input_path: Path) -> Path:
@@ -124,7 +142,7 @@ def parse_ref_spec(spec: str) -> tuple[str, Path]:
     if not sep or not name or not folder.strip():
         raise InputError(f"--refs {spec!r}: expected NAME=FOLDER, e.g. --refs \"Anna=photos/anna/\"")
     if not path.is_dir():
-        raise InputError(f"--refs {spec!r}: {path} is not a folder of photos")
+        raise InputError(f"--refs {spec!r}: {path} is not a folder; give a folder of photos of that person")
     if not photo_files(path):
         raise InputError(f"--refs {spec!r}: {path} holds no photos ({', '.join(PHOTO_SUFFIXES)})")
     return name, path
@@ -155,93 +173,6 @@ def _fingerprint(input_path: Path, settings_json: dict) -> dict:
     stat = input_path.stat()
     relevant = {k: v for k, v in settings_json.items() if k not in ("checkpoint_every", "contact_sheets", "batch", "device")}
     return {"input": str(input_path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "settings": relevant}
-
-
-# --- which way is up ----------------------------------------------------------------------------
-
-def rotation_candidates(mode: str, tag: int) -> tuple[int, ...]:
-    """Detection rotations (degrees counter-clockwise, in 0..270) that ``mode`` allows, the
-    default first: for ``auto`` all four, the container's ``tag`` first and the stored frames next."""
-    if mode not in ROTATION_MODES:
-        raise InputError(f"--rotation {mode!r}: choose one of {', '.join(ROTATION_MODES)}")
-    tag = (round(tag / 90) * 90) % 360  # FFmpeg reports e.g. -90.0 or 270 for the same turn
-    if mode == "auto":
-        return tuple(dict.fromkeys((tag, 0, (tag + 180) % 360, 90, 180, 270)))
-    if mode == "tag":
-        return (tag,)
-    return (0,) if mode == "none" else (int(mode),)
-
-
-def upright_vectors(vectors: np.ndarray, rotation: int) -> np.ndarray:
-    """Stored-frame displacement vectors ``float[..., 2]`` as seen in the view the detector got
-    (``detect.upright(image, rotation)``, i.e. ``np.rot90`` by ``rotation // 90`` quarter turns)."""
-    out = np.asarray(vectors, np.float32)
-    for _ in range((rotation // 90) % 4):
-        out = np.stack([out[..., 1], -out[..., 0]], axis=-1)  # one turn: (dx, dy) -> (dy, -dx)
-    return out
-
-
-def looks_upright(kps5: np.ndarray, rotation: int) -> bool:
-    """Whether 5 ArcFace-order points (stored frame) are eyes side by side above a mouth in the
-    view rotated by ``rotation``, each within 45 degrees. This rejects real faces found lying on
-    their side; the false faces a wrongly turned view yields can pass, but they are fewer and less
-    confident than the real ones in the right view, which the vote's summed scores rely on."""
-    kps = np.asarray(kps5, np.float32)
-    across = upright_vectors(kps[1] - kps[0], rotation)  # left eye -> right eye: points right
-    down = upright_vectors((kps[3] + kps[4] - kps[0] - kps[1]) / 2, rotation)  # eyes -> mouth: points down
-    return bool(across[0] > abs(across[1]) and down[1] > abs(down[0]))
-
-
-def upright_confidence(faces: list[FaceObs], rotation: int, min_score: float) -> float:
-    """Evidence that ``rotation`` is the right way up in one frame: the summed scores of its
-    confident faces that look upright there."""
-    return float(sum(o.score for o in faces if o.score >= min_score and looks_upright(o.kps5, rotation)))
-
-
-@dataclass(eq=False)
-class OrientationVote:
-    """Decides the detection rotation from the first ``frames_needed`` frames with faces.
-
-    Until then each detected frame is tried in every candidate rotation and the evidence adds up
-    per rotation; the leader so far serves those frames, so none of them is detected twice. After
-    ``probe_limit`` probed frames without enough faces, the leader is kept (the tag on a tie).
-    """
-
-    candidates: tuple[int, ...]
-    frames_needed: int = 5
-    probe_limit: int = 300
-    min_score: float = 0.9
-    evidence: dict[int, float] = field(default_factory=dict)
-    frames_with_faces: int = 0
-    probed: int = 0
-    chosen: int | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.candidates) == 1:
-            self.chosen = self.candidates[0]
-
-    def leader(self) -> int:
-        """The best rotation so far; ties go to the earlier candidate (the tag first)."""
-        return max(self.candidates, key=lambda r: (self.evidence.get(r, 0.0), -self.candidates.index(r)))
-
-    def add(self, found: dict[int, list[list[FaceObs]]]) -> None:
-        """Add one batch's detections: ``found[rotation][frame]`` for every candidate."""
-        for i in range(len(found[self.candidates[0]])):
-            per_rotation = {r: upright_confidence(found[r][i], r, self.min_score) for r in self.candidates}
-            for r, value in per_rotation.items():
-                self.evidence[r] = self.evidence.get(r, 0.0) + value
-            self.frames_with_faces += any(v > 0 for v in per_rotation.values())
-            self.probed += 1
-        if self.frames_with_faces >= self.frames_needed or self.probed >= self.probe_limit:
-            self.chosen = self.leader()
-
-    def state(self) -> dict:
-        return {"evidence": {str(r): v for r, v in self.evidence.items()}, "frames_with_faces": self.frames_with_faces,
-                "probed": self.probed, "chosen": self.chosen}
-
-    def load_state(self, state: dict) -> None:
-        self.evidence = {int(r): v for r, v in state["evidence"].items()}
-        self.frames_with_faces, self.probed, self.chosen = state["frames_with_faces"], state["probed"], state["chosen"]
 
 
 # --- the stream --------------------------------------------------------------------------------
@@ -275,7 +206,9 @@ class AnalysisStream:
         self.frames: dict[int, Frame] = {}  # decoded, not yet processed (a few)
         self.decided: deque[Boundary] = deque()  # decided, waiting for the next decision
         self.decided_upto = -1  # the shot detector has decided every frame up to here
-        self.batch: list[tuple[Frame, int, int, bool]] = []  # (frame, shot, shot's first frame, detect?)
+        # (frame, shot, shot's first frame, "full" | "follow" | "skip": how faces are found)
+        self.batch: list[tuple[Frame, int, int, str]] = []
+        self.full_every = max(1, round(settings.full_detect_s * fps)) if settings.full_detect_s > 0 else 1
         self.obs_reliability: dict[int, dict[int, float]] = {}  # live track -> frame -> reliability
         self.processed = 0
 
@@ -301,6 +234,7 @@ class AnalysisStream:
         while self.decided:
             self._release(self.decided.popleft(), last_of_shot=not self.decided or self.decided[0].transition is not None)
         self._run_batch()
+        self.orientation.finish()
         self.tracker.end_shot()
         self._collect_finished()
         if self.shots.starts:
@@ -326,8 +260,11 @@ class AnalysisStream:
         self.shots.last_frame, self.shots.last_time = frame.index, float(time)
         shot = len(self.shots.starts) - 1
         offset = frame.index - self.shots.starts[-1][0]
-        detect = offset % self.settings.detect_every == 0 or last_of_shot
-        self.batch.append((frame, shot, self.shots.starts[-1][0], detect))
+        if self.settings.detect_every > 1:
+            mode = "full" if offset % self.settings.detect_every == 0 or last_of_shot else "skip"
+        else:
+            mode = "full" if offset % self.full_every == 0 or not hasattr(self.detector, "follow") else "follow"
+        self.batch.append((frame, shot, self.shots.starts[-1][0], mode))
         if len(self.batch) >= self.settings.batch:
             self._run_batch()
 
@@ -335,15 +272,18 @@ class AnalysisStream:
     def _run_batch(self) -> None:
         if not self.batch:
             return
-        wanted = [frame for frame, _, _, detect in self.batch if detect]
+        if self.orientation.chosen is None:
+            self._probe_orientation()
+        wanted = [frame for frame, _, _, mode in self.batch if mode == "full"]
         found: dict[int, list[FaceObs]] = {}
         if wanted:
-            faces = self._detect([f.image for f in wanted], [f.index for f in wanted])
+            faces = self.detector.detect([f.image for f in wanted], [f.index for f in wanted], self.orientation.current())
             found = {frame.index: obs for frame, obs in zip(wanted, faces)}
-        for frame, shot, shot_start, detect in self.batch:
+        for frame, shot, shot_start, mode in self.batch:
             detections, crops = None, None
-            if detect:
-                detections, crops = self._prepare(frame, shot, shot_start, found[frame.index])
+            if mode != "skip":
+                faces = found[frame.index] if mode == "full" else self._follow(frame, shot)
+                detections, crops = self._prepare(frame, shot, shot_start, faces)
             for track_id, obs in self.tracker.step(frame.index, shot, detections):
                 position = next(i for i, d in enumerate(detections) if d is obs)
                 terms_total = self.pools.offer(track_id, obs, frame.image, crops[position])
@@ -352,19 +292,26 @@ class AnalysisStream:
             self.processed += 1
         self.batch.clear()
 
-    def _detect(self, images: list[np.ndarray], indices: list[int]) -> list[list[FaceObs]]:
-        """Faces in stored-frame coordinates, detected in the chosen rotation (or, while the
-        orientation is undecided, in every candidate, keeping the leader's)."""
+    def _probe_orientation(self) -> None:
+        """While the orientation is undecided: small copies of the batch's frames searched in
+        every candidate rotation, as evidence for the vote (``orientation.OrientationVote``)."""
         vote = self.orientation
-        if vote.chosen is not None:
-            return self.detector.detect(images, indices, vote.chosen)
-        found = {r: self.detector.detect(images, indices, r) for r in vote.candidates}
-        vote.add(found)
-        return found[vote.chosen if vote.chosen is not None else vote.leader()]
+        views = [probe_view(frame.image) for frame, _, _, mode in self.batch if mode != "skip"]
+        shots = [shot for _, shot, _, mode in self.batch if mode != "skip"]
+        if not views:
+            return
+        probed = {r: self.detector.detect(views, None, r) for r in vote.candidates}
+        for i, shot in enumerate(shots):
+            vote.add_frame(shot, {r: upright_confidence(probed[r][i], r, vote.min_score) for r in vote.candidates})
+
+    def _follow(self, frame: Frame, shot: int) -> list[FaceObs]:
+        """Between full detections: the faces at the live tracks' predicted boxes."""
+        boxes = self.tracker.predicted_boxes(shot, frame.index)
+        return self.detector.follow(frame.image, boxes, frame.index, self.orientation.current()) if len(boxes) else []
 
     def detect_rotation(self) -> int:
-        """The rotation the detector used (decided, else the leader at the end of a short video)."""
-        return self.orientation.chosen if self.orientation.chosen is not None else self.orientation.leader()
+        """The rotation the detector used (at the end: the one it decided on)."""
+        return self.orientation.current()
 
     def _prepare(self, frame: Frame, shot: int, shot_start: int, obs: list[FaceObs]) -> tuple[list[FaceObs], np.ndarray]:
         """Embed the detections that need it; aligned crops of all (``harvest.aligned_crops``).
@@ -480,7 +427,7 @@ def photo_faces(refs: tuple[tuple[str, Path], ...], detector, embedder) -> list[
     faces = []
     for name, folder in refs:
         for path in photo_files(folder):
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            bgr = imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
                 continue
             image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -575,27 +522,33 @@ def analyze_video(input_path: str | os.PathLike, output_path: str | os.PathLike 
         shutil.rmtree(pool_dir, ignore_errors=True)
 
     since_checkpoint = 0
-    with progress.stage("analyze", total=end - start, initial=first - start) as bar:
-        for frame in read_frames(input_path, start=first, end=end):
+    try:
+        with progress.stage("analyze", total=end - start, initial=first - start) as bar:
+            for frame in read_frames(input_path, start=first, end=end):
+                before = stream.processed
+                stream.push(frame)
+                done = stream.processed - before
+                bar.update(done)
+                since_checkpoint += done
+                if settings.checkpoint_every and since_checkpoint >= settings.checkpoint_every and not stream.batch:
+                    write_text_atomic(json.dumps({"fingerprint": fingerprint, "state": stream.state()}), partial_path)
+                    since_checkpoint = 0
             before = stream.processed
-            stream.push(frame)
-            done = stream.processed - before
-            bar.update(done)
-            since_checkpoint += done
-            if settings.checkpoint_every and since_checkpoint >= settings.checkpoint_every and not stream.batch:
-                write_text_atomic(json.dumps({"fingerprint": fingerprint, "state": stream.state()}), partial_path)
-                since_checkpoint = 0
-        before = stream.processed
-        stream.finish()
-        bar.update(stream.processed - before)
+            stream.finish()
+            bar.update(stream.processed - before)
+    except BaseException:
+        if not partial_path.is_file():  # no checkpoint refers to the candidate crops: nothing to resume
+            shutil.rmtree(pool_dir, ignore_errors=True)
+        raise
 
     video_json["detect_rotation"] = stream.detect_rotation()
-    if settings.rotation == "auto" and video_json["detect_rotation"] != video_json["rotation"] % 360:
+    video_json["rotation_decision"] = {"mode": settings.rotation, **stream.orientation.report()}
+    if video_json["detect_rotation"] != video_json["rotation"] % 360:
         # A warning, so a terminal user sees it: the file will play with its people turned sideways.
         progress.event("warning", stage="analyze", kind="rotation", detect_rotation=video_json["detect_rotation"],
-                       message=f"{input_path.name}: the container says rotate {video_json['rotation']} degrees but the "
-                               f"faces are upright at {video_json['detect_rotation']} (players may show them turned); "
-                               f"detecting at {video_json['detect_rotation']} (--rotation tag trusts the container)")
+                       message=f"{input_path.name}: the container says rotate {video_json['rotation']} degrees; "
+                               f"detecting at {video_json['detect_rotation']} because {stream.orientation.how} "
+                               f"(players may show the faces turned; --rotation tag trusts the container)")
 
     analysis = _assemble(stream, photos, settings, video_json, settings_json, output_path, pool_dir)
     save_analysis(analysis, output_path)
@@ -606,7 +559,7 @@ def analyze_video(input_path: str | os.PathLike, output_path: str | os.PathLike 
     shutil.rmtree(pool_dir, ignore_errors=True)
     _remove(partial_path)
     progress.event("done", stage="analyze", output=str(output_path), identities=len(analysis.identities),
-                   tracks=len(analysis.tracks), shots=len(analysis.shots))
+                   tracks=len(analysis.tracks), rejected_tracks=len(analysis.rejected), shots=len(analysis.shots))
     return analysis
 
 
@@ -635,10 +588,17 @@ def _assemble(stream: AnalysisStream, photos: list[PhotoFace], settings: Analyze
              t, stream.shots.end_times.get(i, t), kind)
         for i, (s, kind, t) in enumerate(stream.shots.starts)
     )
-    records = sorted(stream.records, key=lambda r: r.id)
+    rejected: dict[int, str] = {}
+    for r in stream.records:
+        shot = shots[r.shot]
+        reason = rejection_reason(r.frames, r.scores, r.kps5, ~r.interpolated, shot.end - shot.start + 1, fps, settings.reject)
+        if reason is not None:
+            rejected[r.id] = reason
+    all_records = sorted(stream.records, key=lambda r: r.id)
+    records = [r for r in all_records if r.id not in rejected]
     # A track's identity vector: its reliability-weighted mean, else the tracker's plain mean.
     embeddings = {}
-    for r in records:
+    for r in all_records:
         vector = stream.pools.track_embedding(r.id)
         vector = r.embedding if vector is None else vector
         if vector is not None:
@@ -658,7 +618,7 @@ def _assemble(stream: AnalysisStream, photos: list[PhotoFace], settings: Analyze
     def verify(candidate) -> bool:
         if verifier is None:
             return True
-        crop = cv2.imread(str(pool_dir / candidate.crop_file), cv2.IMREAD_COLOR)
+        crop = imread(str(pool_dir / candidate.crop_file), cv2.IMREAD_COLOR)
         return crop is not None and verifier.is_face(cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), candidate.crop_kps5)
 
     final_dir = refs_folder(output_path)
@@ -690,9 +650,11 @@ def _assemble(stream: AnalysisStream, photos: list[PhotoFace], settings: Analyze
     if final_dir.exists():
         shutil.rmtree(final_dir)
     os.replace(staging, final_dir)
+    set_aside = tuple(RejectedTrack(r.to_track(None), rejected[r.id]) for r in all_records if r.id in rejected)
     return Analysis(VERSION, video_json, shots, tracks, tuple(identities), tuple(references),
-                    settings_json, {t.id: embeddings[t.id] for t in tracks if t.id in embeddings},
-                    {r.id: r.reliability for r in records if r.reliability is not None}, face_verified, output_path)
+                    settings_json, {r.id: embeddings[r.id] for r in all_records if r.id in embeddings},
+                    {r.id: r.reliability for r in all_records if r.reliability is not None}, face_verified, output_path,
+                    set_aside)
 
 
 def _photo_references(identity, photos: list[PhotoFace], harvest: HarvestSettings, staging: Path,
@@ -707,12 +669,12 @@ def _photo_references(identity, photos: list[PhotoFace], harvest: HarvestSetting
         full = reliability(terms, harvest, uses_norm=False)
         crop = loose_crop(photo.image, photo.obs, harvest.crop_scale, harvest.max_crop_side)
         name = f"identity{identity.id:03d}_photo{number}.png"
-        cv2.imwrite(str(staging / name), cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR))
+        imwrite(str(staging / name), cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR))
         reference = Reference(identity.id, -1, -1, tuple(float(v) for v in photo.obs.box),
                               tuple(map(tuple, np.asarray(photo.obs.kps5).tolist())), full.total, full, str(photo.path))
         out.append(HarvestedReference(reference, (final_dir / name).resolve(), crop.kps5, photo.obs.embedding))
     return sorted(out, key=lambda r: -r.reference.reliability)
 
 
-__all__ = ["ROTATION_MODES", "AnalysisStream", "AnalyzeSettings", "OrientationVote", "analyze_video", "default_output",
-           "looks_upright", "parse_ref_spec", "refs_folder", "rotation_candidates"]
+__all__ = ["ROTATION_MODES", "AnalysisStream", "AnalyzeSettings", "analyze_video", "default_output", "parse_ref_spec",
+           "refs_folder"]

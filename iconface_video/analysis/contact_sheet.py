@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from iconface_video.analysis.schema import Analysis
+from iconface_video.imageio import imwrite
 
 TILE = 192  # pixels per reference tile
 TEXT_ROWS = 5  # lines of scores under each tile
@@ -60,7 +61,7 @@ def write_contact_sheets(analysis: Analysis, folder: Path) -> list[Path]:
             continue
         path = Path(folder) / f"contact-identity{identity.id:03d}.png"
         tmp = path.with_name("." + path.name + ".tmp.png")
-        cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
         tmp.replace(path)
         written.append(path)
     return written

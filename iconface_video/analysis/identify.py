@@ -11,6 +11,11 @@ The threshold suits the embedded dlib 128-d encoder: on 300 labelled photos of 2
 of different people reach 0.944 at their 99th percentile (0.961 at most); track means of video
 frames are tighter still. ``0.06`` (cosine 0.94) sits between the two.
 
+Before clustering, tracks that are most likely not a person are set aside (``rejection_reason``):
+a blip shorter than ``min_track_s`` (unless it fills most of a short shot), a track whose median
+detector score is low, or one whose faces are implausibly small. They stay in the analysis file
+as rejected tracks with the reason, so a user can promote one.
+
 User photos (``--refs "Name=dir/"``) give a named mean vector; each name goes to the identity
 whose centroid is most alike (one name per identity, Hungarian assignment), if alike enough;
 otherwise the name becomes an identity of its own with only photo references.
@@ -34,6 +39,33 @@ NEVER = 2.0  # the largest cosine distance: "these two cannot be one person"
 class IdentifySettings:
     max_distance: float = 0.06  # cosine distance at which track clusters stop merging
     pin_similarity: float = 0.88  # a user's photos name an identity whose centroid is this alike
+
+
+@dataclass(frozen=True)
+class RejectSettings:
+    """When a track does not become (part of) an identity. On the shared multi-shot clips real
+    people's tracks have median scores >= 0.93 and eyes >= 11 px apart; a 3-detection blip had 7.8 px."""
+
+    min_track_s: float = 0.4  # shorter tracks are blips (unless they cover half their shot)
+    min_score: float = 0.9  # median detector score of the track's detections
+    min_eye_px: float = 8.0  # median distance between the eyes, in stored-frame pixels
+
+
+def rejection_reason(frames: np.ndarray, scores: np.ndarray, kps5: np.ndarray, detected: np.ndarray,
+                     shot_frames: int, fps: float, settings: RejectSettings = RejectSettings()) -> str | None:
+    """Why a track should not become a person (None: it may). ``frames`` int[N], ``scores``
+    float[N], ``kps5`` float[N, 5, 2], ``detected`` bool[N] (False: interpolated), ``shot_frames``
+    the length of its shot."""
+    span = int(frames[-1] - frames[0] + 1)
+    if span < settings.min_track_s * fps and span < 0.5 * shot_frames:
+        return f"short: {span} frames ({span / fps:.2f} s) in a shot of {shot_frames}"
+    score = float(np.median(scores[detected])) if detected.any() else 0.0
+    if score < settings.min_score:
+        return f"low score: median detector score {score:.3f} < {settings.min_score}"
+    eyes = np.linalg.norm(kps5[detected, 1] - kps5[detected, 0], axis=1) if detected.any() else np.zeros(1)
+    if float(np.median(eyes)) < settings.min_eye_px:
+        return f"small: median eye distance {float(np.median(eyes)):.1f} px < {settings.min_eye_px}"
+    return None
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,11 @@ import numpy as np
 
 from iconface_video.errors import InputError
 from iconface_video.files import write_text_atomic
+from iconface_video.imageio import imread
 from iconface_video.types import FaceObs, Identity, Reference, ReliabilityTerms, Shot, Track
 
 VERSION = 1
-MAX_LISTED_PROBLEMS = 20
+MAX_LISTED_PROBLEMS = 5
 
 _NUMBER = {"type": "number"}
 _POINT = {"type": "array", "items": _NUMBER, "minItems": 2, "maxItems": 2}
@@ -40,6 +41,30 @@ _TERMS = {
     "properties": {name: {"type": "number", "minimum": 0, "maximum": 1} for name in (
         "sharpness", "size", "frontality", "detector", "exposure", "identity_norm", "centroid_agreement", "total")},
     "required": ["total"],
+}
+
+_TRACK = {
+    "type": "object",
+    "required": ["id", "shot", "identity", "obs"],
+    "properties": {
+        "id": {"type": "integer", "minimum": 0},
+        "shot": {"type": "integer", "minimum": 0},
+        "identity": {"type": ["integer", "null"]},
+        "embedding": _VECTOR,
+        "reason": {"type": "string"},
+        "obs": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "required": ["frame", "box", "score", "kps5"],
+            "properties": {
+                "frame": {"type": "integer", "minimum": 0},
+                "box": _BOX,
+                "score": _NUMBER,
+                "kps5": _KPS5,
+                "interpolated": {"type": "boolean"},
+                "reliability": {"type": ["number", "null"]},
+            },
+        }},
+    },
 }
 
 SCHEMA: dict[str, Any] = {
@@ -58,6 +83,7 @@ SCHEMA: dict[str, Any] = {
                 "fps": {"type": "number", "exclusiveMinimum": 0},
                 "rotation": {"type": "integer"},
                 "detect_rotation": {"enum": [0, 90, 180, 270]},  # optional: files before it lack it
+                "rotation_decision": {"type": "object", "properties": {"chosen": {"enum": [0, 90, 180, 270]}}},
             },
         },
         "shots": {"type": "array", "items": {
@@ -69,31 +95,12 @@ SCHEMA: dict[str, Any] = {
                 "end": {"type": "integer", "minimum": 0},
                 "start_time": _NUMBER,
                 "end_time": _NUMBER,
-                "transition": {"enum": ["start", "cut", "fade"]},
+                "transition": {"enum": ["start", "cut", "fade", "dissolve", "wipe"]},
             },
         }},
-        "tracks": {"type": "array", "items": {
-            "type": "object",
-            "required": ["id", "shot", "identity", "obs"],
-            "properties": {
-                "id": {"type": "integer", "minimum": 0},
-                "shot": {"type": "integer", "minimum": 0},
-                "identity": {"type": ["integer", "null"]},
-                "embedding": _VECTOR,
-                "obs": {"type": "array", "minItems": 1, "items": {
-                    "type": "object",
-                    "required": ["frame", "box", "score", "kps5"],
-                    "properties": {
-                        "frame": {"type": "integer", "minimum": 0},
-                        "box": _BOX,
-                        "score": _NUMBER,
-                        "kps5": _KPS5,
-                        "interpolated": {"type": "boolean"},
-                        "reliability": {"type": ["number", "null"]},
-                    },
-                }},
-            },
-        }},
+        "tracks": {"type": "array", "items": _TRACK},
+        # optional (files before it lack it): tracks kept out of identities, with the reason
+        "rejected_tracks": {"type": "array", "items": {**_TRACK, "required": [*_TRACK["required"], "reason"]}},
         "identities": {"type": "array", "items": {
             "type": "object",
             "required": ["id"],
@@ -148,10 +155,19 @@ class HarvestedReference:
 
     def load_crop(self) -> np.ndarray:
         """The crop as ``uint8[H, W, 3]`` RGB."""
-        image = cv2.imread(str(self.crop_path), cv2.IMREAD_COLOR)
+        image = imread(str(self.crop_path), cv2.IMREAD_COLOR)
         if image is None:
             raise InputError(f"{self.crop_path}: reference crop is missing or unreadable; rerun `iconface-video analyze`")
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@dataclass(frozen=True, eq=False)
+class RejectedTrack:
+    """A track kept out of the identities (and so out of the render), and why, e.g. ``"short:
+    4 frames"``. A user promotes it by giving it an ``identity`` in the file."""
+
+    track: Track
+    reason: str
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,6 +186,7 @@ class Analysis:
     # identity id -> did a second detector confirm its best frames show a face (None: not checked)
     face_verified: dict[int, bool | None] = field(default_factory=dict)
     path: Path | None = None
+    rejected: tuple[RejectedTrack, ...] = ()  # their embeddings and reliabilities are in the dicts above
 
     def track(self, track_id: int) -> Track:
         return self._tracks_by_id[track_id]
@@ -225,6 +242,54 @@ def schema_problems(data: Any) -> list[str]:
     return [f"{_where(e.absolute_path)}: {e.message}" for e in errors]
 
 
+def _coordinate_problems(where: str, values: Any, limits: tuple[float, float] | None) -> list[str]:
+    """Problems of nested ``[x, y, ...]`` pixel values: not finite, or (with ``limits`` = frame
+    width, height) farther outside the frame than a whole frame. One line for the first bad value."""
+    flat = np.asarray(values, np.float64).reshape(-1)
+    for i, value in enumerate(flat):
+        if not np.isfinite(value):
+            return [f"{where}: {value} is not a finite number"]
+        if limits is not None:
+            side = limits[i % 2]
+            if not -side <= value <= 2 * side:
+                axis = "x" if i % 2 == 0 else "y"
+                return [f"{where}: {axis} = {value:g} lies far outside the {limits[0]:g}x{limits[1]:g} frame"]
+    return []
+
+
+def value_problems(data: dict) -> list[str]:
+    """Numbers a hand edit can break that the shape check passes: NaN or infinite values, and
+    boxes or points far outside the frame (e.g. 1e30), each with its field's path."""
+    limits = (float(data["video"]["width"]), float(data["video"]["height"]))
+    problems = []
+    for key in ("tracks", "rejected_tracks"):
+        for i, track in enumerate(data.get(key, [])):
+            for j, obs in enumerate(track["obs"]):
+                where = f"{key}[{i}].obs[{j}]"
+                problems += _coordinate_problems(f"{where}.box", obs["box"], limits)
+                problems += _coordinate_problems(f"{where}.kps5", obs["kps5"], limits)
+                problems += _coordinate_problems(f"{where}.score", [obs["score"]], None)
+                if obs.get("reliability") is not None:
+                    problems += _coordinate_problems(f"{where}.reliability", [obs["reliability"]], None)
+            if track.get("embedding") is not None:
+                problems += _coordinate_problems(f"{key}[{i}].embedding", track["embedding"], None)
+    for i, identity in enumerate(data["identities"]):
+        if identity.get("centroid") is not None:
+            problems += _coordinate_problems(f"identities[{i}].centroid", identity["centroid"], None)
+    for i, ref in enumerate(data["references"]):
+        photo = ref.get("frame") is None  # a user photo's box is in photo pixels
+        for name in ("box", "kps5"):
+            if ref.get(name) is not None:
+                problems += _coordinate_problems(f"references[{i}].{name}", ref[name], None if photo else limits)
+        problems += _coordinate_problems(f"references[{i}].crop_kps5", ref["crop_kps5"], None)
+        for name in ("reliability", "embedding"):
+            if ref.get(name) is not None:
+                problems += _coordinate_problems(f"references[{i}].{name}", np.ravel(ref[name]).tolist(), None)
+        for name, value in (ref.get("terms") or {}).items():
+            problems += _coordinate_problems(f"references[{i}].terms.{name}", [value], None)
+    return problems
+
+
 def reference_problems(data: dict) -> list[str]:
     """Cross-reference problems (ids that do not exist, duplicates, frames outside their shot)."""
     problems = []
@@ -248,23 +313,24 @@ def reference_problems(data: dict) -> list[str]:
         if target is not None and target not in identities:
             problems.append(f"identities[{i}].same_as refers to identity {target}, which does not exist")
     tracks = {}
-    for i, track in enumerate(data["tracks"]):
-        if track["id"] in tracks:
-            problems.append(f"tracks[{i}].id: track {track['id']} appears twice")
-        tracks[track["id"]] = track
-        if track["identity"] is not None and track["identity"] not in identities:
-            problems.append(f"tracks[{i}].identity refers to identity {track['identity']}, which does not exist")
-        shot = shots.get(track["shot"])
-        if shot is None:
-            problems.append(f"tracks[{i}].shot refers to shot {track['shot']}, which does not exist")
-        frames = [o["frame"] for o in track["obs"]]
-        if any(b <= a for a, b in zip(frames, frames[1:])):
-            problems.append(f"tracks[{i}].obs: frames must increase strictly")
-        if shot is not None and (frames[0] < shot["start"] or frames[-1] > shot["end"]):
-            problems.append(f"tracks[{i}].obs: frames {frames[0]}..{frames[-1]} leave shot {shot['index']} "
-                            f"({shot['start']}..{shot['end']})")
-        if frames[-1] >= frame_count > 0:
-            problems.append(f"tracks[{i}].obs: frame {frames[-1]} is past the video's last frame {frame_count - 1}")
+    for key in ("tracks", "rejected_tracks"):
+        for i, track in enumerate(data.get(key, [])):
+            if track["id"] in tracks:
+                problems.append(f"{key}[{i}].id: track {track['id']} appears twice")
+            tracks[track["id"]] = track
+            if track["identity"] is not None and track["identity"] not in identities:
+                problems.append(f"{key}[{i}].identity refers to identity {track['identity']}, which does not exist")
+            shot = shots.get(track["shot"])
+            if shot is None:
+                problems.append(f"{key}[{i}].shot refers to shot {track['shot']}, which does not exist")
+            frames = [o["frame"] for o in track["obs"]]
+            if any(b <= a for a, b in zip(frames, frames[1:])):
+                problems.append(f"{key}[{i}].obs: frames must increase strictly")
+            if shot is not None and (frames[0] < shot["start"] or frames[-1] > shot["end"]):
+                problems.append(f"{key}[{i}].obs: frames {frames[0]}..{frames[-1]} leave shot {shot['index']} "
+                                f"({shot['start']}..{shot['end']})")
+            if frames[-1] >= frame_count > 0:
+                problems.append(f"{key}[{i}].obs: frame {frames[-1]} is past the video's last frame {frame_count - 1}")
     for i, ref in enumerate(data["references"]):
         if ref["identity"] not in identities:
             problems.append(f"references[{i}].identity refers to identity {ref['identity']}, which does not exist")
@@ -302,13 +368,18 @@ def analysis_from_json(data: dict, base: Path, path: Path | None = None) -> Anal
         raise AnalysisFileError(_message(path, problems))
     shots = tuple(Shot(s["index"], s["start"], s["end"], float(s["start_time"]), float(s["end_time"]), s["transition"])
                   for s in data["shots"])
-    tracks, embeddings, reliabilities = [], {}, {}
-    for t in data["tracks"]:
+    tracks, embeddings, reliabilities, rejected = [], {}, {}, []
+    # A rejected track the user gave an identity is promoted: it becomes an ordinary track.
+    for t in data["tracks"] + data.get("rejected_tracks", []):
         identity = None if t["identity"] is None else final[t["identity"]]
         obs = tuple(FaceObs(o["frame"], tuple(float(v) for v in o["box"]), float(o["score"]),
                             np.asarray(o["kps5"], np.float32), None, bool(o.get("interpolated", False)))
                     for o in t["obs"])
-        tracks.append(Track(t["id"], t["shot"], obs, identity))
+        track = Track(t["id"], t["shot"], obs, identity)
+        if "reason" in t and identity is None:
+            rejected.append(RejectedTrack(track, t["reason"]))
+        else:
+            tracks.append(track)
         if t.get("embedding") is not None:
             embeddings[t["id"]] = _vector(t["embedding"])
         scores = [o.get("reliability") for o in t["obs"]]
@@ -345,25 +416,24 @@ def analysis_from_json(data: dict, base: Path, path: Path | None = None) -> Anal
         references.append(HarvestedReference(reference, (base / r["crop"]).resolve(),
                                               np.asarray(r["crop_kps5"], np.float32), _vector(r.get("embedding"))))
     return Analysis(data["version"], data["video"], shots, tuple(tracks), tuple(identities), tuple(references),
-                    data["settings"], embeddings, reliabilities, verified, path)
+                    data["settings"], embeddings, reliabilities, verified, path, tuple(rejected))
 
 
 def _message(path: Path | None, problems: list[str]) -> str:
     shown = problems[:MAX_LISTED_PROBLEMS]
     more = len(problems) - len(shown)
     head = f"{path}: " if path is not None else ""
-    lines = [f"{head}not a valid analysis file ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
-    lines += [f"  {p}" for p in shown]
-    if more:
-        lines.append(f"  ... and {more} more")
-    return "\n".join(lines)
+    listed = "; ".join(shown) + (f"; ... and {more} more" if more else "")
+    # One line, like every user error: the problems, then what to do.
+    return (f"{head}not a valid analysis file ({len(problems)} problem{'s' if len(problems) != 1 else ''}: "
+            f"{listed}); fix the file or make a new one with `iconface-video analyze VIDEO`")
 
 
 def validate(data: Any, path: Path | None = None) -> None:
-    """Raise ``AnalysisFileError`` listing every problem, one per line."""
+    """Raise ``AnalysisFileError`` listing the problems (the first few) on one line."""
     problems = schema_problems(data)
     if not problems:
-        problems = reference_problems(data)
+        problems = value_problems(data) or reference_problems(data)
     if problems:
         raise AnalysisFileError(_message(path, problems))
 
@@ -376,7 +446,8 @@ def load_analysis(path: str | os.PathLike) -> Analysis:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
-        raise AnalysisFileError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+        raise AnalysisFileError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}); "
+                                "fix the file or make a new one with `iconface-video analyze VIDEO`") from None
     except UnicodeDecodeError:
         raise AnalysisFileError(f"{path}: not a text file; expected the JSON written by `iconface-video analyze`") from None
     validate(data, path)
@@ -403,19 +474,23 @@ def analysis_to_json(analysis: Analysis, base: Path) -> dict:
         except ValueError:  # another drive on Windows
             return str(p)
 
-    return {
-        "version": analysis.version,
-        "video": analysis.video,
-        "shots": [{"index": s.index, "start": s.start, "end": s.end, "start_time": round(s.start_time, 6),
-                   "end_time": round(s.end_time, 6), "transition": s.transition} for s in analysis.shots],
-        "tracks": [{
+    def track_json(t: Track) -> dict:
+        return {
             "id": t.id, "shot": t.shot, "identity": t.identity,
             "embedding": None if t.id not in analysis.track_embeddings else _round_list(analysis.track_embeddings[t.id], 6),
             "obs": [{"frame": o.frame_index, "box": _round_list(o.box, 2), "score": round(float(o.score), 4),
                      "kps5": np.round(np.asarray(o.kps5, np.float64), 2).tolist(), "interpolated": bool(o.interpolated),
                      "reliability": _score(analysis.obs_reliability.get(t.id), n)}
                     for n, o in enumerate(t.obs)],
-        } for t in analysis.tracks],
+        }
+
+    return {
+        "version": analysis.version,
+        "video": analysis.video,
+        "shots": [{"index": s.index, "start": s.start, "end": s.end, "start_time": round(s.start_time, 6),
+                   "end_time": round(s.end_time, 6), "transition": s.transition} for s in analysis.shots],
+        "tracks": [track_json(t) for t in analysis.tracks],
+        "rejected_tracks": [{**track_json(r.track), "reason": r.reason} for r in analysis.rejected],
         "identities": [{"id": i.id, "name": i.name, "face_verified": analysis.face_verified.get(i.id),
                         "centroid": None if i.centroid is None else _round_list(i.centroid, 6)}
                        for i in analysis.identities],

@@ -1,15 +1,26 @@
 """Shot boundaries from content change, streamed over frames with a small lookahead.
 
-Each frame is reduced to two small features (an HSV histogram and a dilated Canny edge map of a
-downscaled copy). The change between consecutive frames mixes histogram distance and the edge
-change ratio; a cut is declared where that change stands far above the recent change (an adaptive
-threshold: median + k * MAD of a sliding window) and the new content persists one frame later
-(so a flash or a single corrupt frame is not a cut). A run of near-black frames followed by
-content is a fade.
+Each frame is reduced to small features (an HSV histogram, a dilated Canny edge map and a grey
+picture of a copy ``FEATURE_WIDTH`` wide). The change between consecutive frames mixes histogram
+distance and the edge change ratio; a cut is declared where that change stands far above the
+recent change (an adaptive threshold: median + k * MAD of a sliding window) and the new content
+persists one frame later (so a flash of up to ``FLASH_FRAMES`` frames or a corrupt frame is not a cut; a camera flash
+also keeps the picture's structure, which the brightness-blind correlation sees). A run of near-black
+frames followed by content is a fade (to black and back, or in from black).
+
+Gradual transitions (dissolves, wipes) change little from one frame to the next, so frame ``t``
+is also compared with the frames ``HALF_WINDOW`` before and after it (``a`` and ``b``): where
+those two differ like two shots, and ``t``'s grey picture lies between them pixel by pixel
+(``blend``: each pixel within the range of ``a``'s and ``b``'s, as a cross-fade or a wipe makes
+it, which a moving subject does not; a pan, whose ``a`` and ``b`` match once shifted, is excluded
+by ``shifted_picture``) and is already a quarter of the way to ``b``, a
+shot starts at ``t``: a ``dissolve`` where most pixels are part-way, a ``wipe`` where they are
+either still ``a`` or already ``b``.
 
 The detector is streaming: ``push`` takes frames in order and returns the decisions it can make,
 lagging the input by ``LOOKAHEAD`` frames; ``flush`` decides the rest. ``state``/``from_state``
-let an interrupted analysis resume.
+let an interrupted analysis resume (gradual transitions within ``HALF_WINDOW`` frames after a
+resume point are not looked for).
 """
 
 from __future__ import annotations
@@ -24,7 +35,9 @@ import numpy as np
 from iconface_video.types import Shot
 
 FEATURE_WIDTH = 160  # features are computed on a copy this wide: cheap, and enough for cuts
-LOOKAHEAD = 1  # frames after a candidate cut that must still differ from the frame before it
+HALF_WINDOW = 10  # a gradual transition is judged between the frames this far before and after
+LOOKAHEAD = HALF_WINDOW  # frames seen after a frame before it is decided
+FLASH_FRAMES = 3  # a flash (a white frame, a camera flash) lasts at most this many frames
 
 
 @dataclass(frozen=True)
@@ -38,6 +51,10 @@ class ShotSettings:
     black_level: float = 40.0  # a frame whose 99th-percentile luma (0..255) is below this is black
     persist_ratio: float = 0.6  # frame t+1 vs t-1 must still change by this share of the cut
     same_picture: float = 0.85  # frames correlating this well (brightness aside) are never cut apart
+    gradual_change: float = 0.30  # the frames around a gradual transition differ at least this much
+    same_scene: float = 0.55  # ... and correlate less than this (also after undoing a pan)
+    blend_explained: float = 0.80  # share of changed pixels lying between the two (a cross-fade or a wipe)
+    blend_progress: float = 0.25  # how far towards the new picture the frame must be when the shot starts
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,7 +72,7 @@ class Boundary:
     """The decision for one frame: does a new shot start here, and how."""
 
     frame_index: int
-    transition: str | None  # None: same shot; "start", "cut" or "fade": a shot begins here
+    transition: str | None  # None: same shot; "start", "cut", "fade", "dissolve" or "wipe": a shot begins here
 
 
 def frame_features(image: np.ndarray) -> FrameFeatures:
@@ -94,6 +111,57 @@ def same_picture(a: FrameFeatures, b: FrameFeatures) -> float:
     return float(cv2.matchTemplate(a.grey, b.grey, cv2.TM_CCOEFF_NORMED)[0, 0])
 
 
+def blend(a: np.ndarray, middle: np.ndarray, b: np.ndarray, explained: float, progress: float,
+          tolerance: float = 10.0) -> str | None:
+    """Whether grey picture ``middle`` (uint8[h, w]) is a transition from ``a`` to ``b`` under way.
+
+    Only pixels where ``a`` and ``b`` differ clearly count. ``explained`` of them must lie
+    between their ``a`` and ``b`` values (within ``tolerance``), and on average ``middle`` must
+    be between ``progress`` and ``1 - progress`` of the way to ``b``. Returns "dissolve" when the
+    counted pixels are about equally far (a cross-fade), "wipe" when they are at either end and
+    cover at least half the picture.
+    """
+    kernel = (5, 5)
+    a, middle, b = (cv2.blur(x, kernel).astype(np.float32) for x in (a, middle, b))
+    if a.shape != b.shape or a.shape != middle.shape:
+        return None
+    span = b - a
+    counted = np.abs(span) > 3 * tolerance
+    if counted.mean() < 0.3:  # a moving subject changes a part of the picture, a transition most of it
+        return None
+    low, high = np.minimum(a, b)[counted] - tolerance, np.maximum(a, b)[counted] + tolerance
+    m = middle[counted]
+    if ((m >= low) & (m <= high)).mean() < explained:
+        return None
+    way = np.clip((m - a[counted]) / span[counted], 0.0, 1.0)
+    # Found as soon as it is ``progress`` of the way (the same transition later is further on).
+    if not progress <= float(way.mean()) <= 0.6:
+        return None
+    # A cross-fade moves every pixel alike; a wipe leaves each at one end or the other. Moving
+    # things (a hand leaving) also do that, but over a part of the picture, a wipe over all of it.
+    if float(way.std()) < 0.3:
+        return "dissolve"
+    return "wipe" if counted.mean() >= 0.5 else None
+
+
+def shifted_picture(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation in [-1, 1] of grey pictures ``a`` and ``b`` (uint8[h, w]) after undoing the
+    global shift phase correlation finds between them: high for a pan or tilt, low across shots."""
+    if a.shape != b.shape:
+        return 0.0
+    (dx, dy), _ = cv2.phaseCorrelate(a.astype(np.float32), b.astype(np.float32))
+    x, y = int(round(dx)), int(round(dy))
+    height, width = a.shape
+    if abs(x) >= width // 2 or abs(y) >= height // 2:
+        return 0.0
+    # b(p + shift) shows what a shows at p.
+    a_part = a[max(0, -y):height - max(0, y), max(0, -x):width - max(0, x)].astype(np.float32)
+    b_part = b[max(0, y):height - max(0, -y), max(0, x):width - max(0, -x)].astype(np.float32)
+    if a_part.std() < 2 or b_part.std() < 2:
+        return 0.0
+    return float(np.corrcoef(a_part.ravel(), b_part.ravel())[0, 1])
+
+
 def change(a: FrameFeatures, b: FrameFeatures) -> float:
     """Content change between two frames in [0, 1]: mean of histogram distance and edge change."""
     hist_distance = float(cv2.compareHist(a.hist, b.hist, cv2.HISTCMP_BHATTACHARYYA))
@@ -110,11 +178,13 @@ class ShotDetector:
 
     def __init__(self, settings: ShotSettings = ShotSettings()) -> None:
         self.settings = settings
-        self._recent: deque[tuple[int, FrameFeatures]] = deque(maxlen=LOOKAHEAD + 3)
-        self._flash = -1  # the last frame rejected as a flash
+        self._recent: deque[tuple[int, FrameFeatures]] = deque(maxlen=LOOKAHEAD + HALF_WINDOW + 3)
+        self._flash = -1  # the first frame of the last flash (or brightness jump)
+        self._flash_delta = 0.0  # the change at that frame
         self._changes: deque[float] = deque(maxlen=settings.window)  # change at decided, non-cut frames
         self._pending: deque[tuple[int, float]] = deque()  # (frame index, change vs previous) undecided
         self._last_cut = -(10**9)
+        self._last_gradual = -(10**9)  # a gradual transition is found once, not again while it lasts
         self._dark_run = 0  # consecutive black frames just decided
         self._started = False
 
@@ -165,16 +235,25 @@ class ShotDetector:
             transition = "fade"  # content returns after black: the fade-in starts a shot
         elif delta > self._threshold() and frame_index - self._last_cut >= s.min_shot_frames:
             previous = self._features_of(frame_index - 1)
+            in_flash = 0 < frame_index - self._flash <= FLASH_FRAMES
             if is_dark or (previous is not None and previous.bright < s.black_level):
                 transition = None  # into or out of black: the fade rule above decides
             elif previous is not None and current is not None and same_picture(previous, current) >= s.same_picture:
-                transition = None  # a fade step or a lighting change: same picture, other brightness
-            elif self._flash == frame_index - 1 and self._back_to_before_flash(frame_index, delta):
+                transition = None  # a fade step, a lighting change or a camera flash: same picture, other brightness
+                if not in_flash:
+                    self._flash, self._flash_delta = frame_index, delta
+            elif in_flash and self._back_to_before_flash(frame_index, delta):
                 transition = None  # the picture returns after a flash
-            elif self._persists(frame_index, delta, lookahead):
+            elif self._persists(frame_index, max(delta, self._flash_delta) if in_flash else delta, lookahead,
+                                self._flash - 1 if in_flash else frame_index - 1):
                 transition = "cut"
-            else:
-                self._flash = frame_index
+            elif not in_flash:
+                self._flash, self._flash_delta = frame_index, delta
+        if transition is None and lookahead and not is_dark and frame_index - self._last_cut >= HALF_WINDOW \
+                and frame_index - self._last_gradual >= 2 * HALF_WINDOW:
+            transition = self._gradual(frame_index)
+            if transition is not None:
+                self._last_gradual = frame_index
         self._dark_run = self._dark_run + 1 if is_dark else 0
         if transition is None:
             self._changes.append(delta)
@@ -182,20 +261,47 @@ class ShotDetector:
             self._last_cut = frame_index
         return Boundary(frame_index, transition)
 
+    def _gradual(self, frame_index: int) -> str | None:
+        """"dissolve" or "wipe" if a gradual transition is under way at ``frame_index``, else None."""
+        s = self.settings
+        before = self._features_of(frame_index - HALF_WINDOW)
+        after = self._features_of(frame_index + HALF_WINDOW)
+        current = self._features_of(frame_index)
+        if before is None or after is None or current is None:
+            return None
+        window = [self._features_of(i) for i in range(frame_index - HALF_WINDOW, frame_index + HALF_WINDOW + 1)]
+        if any(f is None or f.bright < s.black_level for f in window):
+            return None  # through black: the fade rule decides
+        if change(before, after) < s.gradual_change:
+            return None
+        # Ends caught in a flash (or a glitch) differ from their neighbours like a cut would.
+        # (Looking back from ``after`` only one frame: the transition may end just before it.)
+        a = frame_index - HALF_WINDOW
+        steps = [change(self._features_of(a - k) or before, before) for k in range(1, FLASH_FRAMES + 1)]
+        steps.append(change(self._features_of(frame_index + HALF_WINDOW - 1), after))
+        if max(steps) >= s.gradual_change:
+            return None
+        # The same scene a little later (a lighting change, a moving subject, a pan) correlates,
+        # as such or once shifted; two shots do not.
+        if max(same_picture(before, after), shifted_picture(before.grey, after.grey)) >= s.same_scene:
+            return None
+        return blend(before.grey, current.grey, after.grey, s.blend_explained, s.blend_progress)
+
     def _back_to_before_flash(self, frame_index: int, delta: float) -> bool:
-        before = self._features_of(frame_index - 2)
+        before = self._features_of(self._flash - 1)
         current = self._features_of(frame_index)
         return before is not None and current is not None and change(before, current) < self.settings.persist_ratio * delta
 
-    def _persists(self, frame_index: int, delta: float, lookahead: bool) -> bool:
-        """A flash returns to the old picture one frame later; a cut does not."""
+    def _persists(self, frame_index: int, delta: float, lookahead: bool, origin: int) -> bool:
+        """A flash returns to the picture of frame ``origin`` (the last before it) within
+        ``FLASH_FRAMES`` frames; a cut does not."""
         if not lookahead:
             return True
-        before = self._features_of(frame_index - 1)
-        after = self._features_of(frame_index + 1)
-        if before is None or after is None:
+        before = self._features_of(origin)
+        after = [self._features_of(frame_index + k) for k in range(1, FLASH_FRAMES + 1)]
+        if before is None or any(f is None for f in after):
             return True
-        return change(before, after) >= self.settings.persist_ratio * delta
+        return min(change(before, f) for f in after) >= self.settings.persist_ratio * delta
 
     # --- checkpointing -------------------------------------------------------------------------
     def state(self) -> dict:

@@ -224,6 +224,21 @@ class Tracker:
         boxes = [t.last.box for t in self._live if t.shot == shot]
         return np.array(boxes, np.float32).reshape(-1, 4)
 
+    def predicted_boxes(self, shot: int, frame_index: int) -> np.ndarray:
+        """Where each live track of ``shot`` is expected at ``frame_index``: its last detected box
+        moved on at the speed between its last two detections. ``float32[T, 4]``."""
+        boxes = []
+        for track in self._live:
+            if track.shot != shot:
+                continue
+            last = np.asarray(track.last.box, np.float32)
+            previous = next((o for o in reversed(track.obs[:-1]) if not o.interpolated), None)
+            velocity = np.zeros(4, np.float32)
+            if previous is not None and previous.frame_index < track.last.frame_index:
+                velocity = (last - np.asarray(previous.box, np.float32)) / (track.last.frame_index - previous.frame_index)
+            boxes.append(last + velocity * (frame_index - track.last.frame_index))
+        return np.array(boxes, np.float32).reshape(-1, 4)
+
     def pop_finished(self) -> tuple[list[TrackRecord], list[int]]:
         """Tracks finished since the last call: (kept records oldest first, ids dropped as too short)."""
         finished, dropped = self._finished, self._dropped

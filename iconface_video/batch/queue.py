@@ -144,7 +144,7 @@ def expand_inputs(patterns: Iterable[str]) -> list[Path]:
         else:
             matches = [Path(m) for m in sorted(glob.glob(str(path), recursive=True)) if Path(m).is_file()]
         if not matches:
-            raise InputError(f"{pattern}: matches no video files")
+            raise InputError(f"{pattern}: matches no video files; check the pattern (quote it, so the shell leaves it to iconface-video)")
         for match in matches:
             found.setdefault(match.resolve(), None)
     return list(found)

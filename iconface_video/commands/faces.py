@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import click
 import numpy as np
 
 from iconface_video.errors import InputError, OutputError
+from iconface_video.files import check_new_file, shown, write_bytes_atomic
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -19,9 +18,11 @@ def read_image(path: Path) -> np.ndarray:
     """``uint8[H, W, 3]`` RGB of an image file; ``InputError`` when it is not one."""
     import cv2
 
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    from iconface_video.imageio import imread
+
+    image = imread(path, cv2.IMREAD_COLOR)
     if image is None:
-        raise InputError(f"{path}: not a readable image")
+        raise InputError(f"{path}: not a readable image; give a JPEG, PNG, BMP, WebP or TIFF file")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -32,35 +33,29 @@ def read_video_frame(path: Path, index: int) -> tuple[np.ndarray, int]:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise InputError(f"{path}: has no video stream")
+                raise InputError(f"{path}: has no video stream; give an image or a video file")
             for i, frame in enumerate(container.decode(video=0)):
                 if i == index:
                     return frame.to_ndarray(format="rgb24"), int(frame.rotation or 0)
     except av.error.FFmpegError as error:
-        raise InputError(f"{path}: not a readable image or video ({error})") from None
+        raise InputError(f"{path}: not a readable image or video ({error}); give an image or a video file") from None
     raise InputError(f"{path}: has no frame {index}; use a smaller --frame")
+
+
+def check_save_path(target: Path, source: Path, overwrite: bool) -> None:
+    """Refuse a ``--save`` path that is the input, exists without ``--overwrite``, or is not a PNG."""
+    if target.suffix.lower() != ".png":
+        raise OutputError(f"{target}: --save writes a PNG; give a name ending in .png")
+    check_new_file(target, overwrite=overwrite, inputs=[source], option="--save")
 
 
 def write_png(image: np.ndarray, target: Path) -> None:
     """Write ``image`` (RGB) as PNG via a temporary file renamed when complete."""
     import cv2
 
-    if target.exists() and target.is_dir():
-        raise OutputError(f"{target}: is a folder; give a .png file name")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise OutputError(f"{folder}: folder does not exist")
-    ok, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OutputError(f"{target}: could not encode the PNG")
-    handle, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data.tobytes())
-        os.replace(tmp, target)
-    except OSError as error:
-        Path(tmp).unlink(missing_ok=True)
-        raise OutputError(f"{target}: cannot write ({error.strerror})") from None
+    from iconface_video.imageio import imencode
+
+    write_bytes_atomic(imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR)), target)
 
 
 @click.command("faces")
@@ -69,20 +64,23 @@ def write_png(image: np.ndarray, target: Path) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--embed", is_flag=True, help="Also print each identity embedding.")
 @click.option("--save", type=click.Path(path_type=Path), default=None, help="Write the image with the faces drawn on it (PNG).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --save file.")
 @click.option("--detector", type=click.Choice(["auto", "mtcnn", "insightface", "facexlib"]), default="auto", show_default=True)
 @click.option("--embedder", type=click.Choice(["dlib", "arcface", "adaface"]), default="dlib", show_default=True)
 @click.option("--min-face", type=float, default=None, help="Smallest face in pixels (default: relative to the frame size).")
 @click.option("--models-dir", type=click.Path(path_type=Path), default=None, help="Folder with downloaded model weights.")
 @click.option("--device", default="cpu", show_default=True)
-def command(source, frame_index, as_json, embed, save, detector, embedder, min_face, models_dir, device):
+def command(source, frame_index, as_json, embed, save, overwrite, detector, embedder, min_face, models_dir, device):
     """Detect faces in IMAGE_OR_VIDEO: box, score, 5 landmarks and identity-embedding norm."""
     from iconface_video.faces.detect import load_detector
     from iconface_video.faces.embed import load_embedder
 
+    if not source.exists():
+        raise InputError(f"{source}: no such file; check the path")
     if not source.is_file():
-        raise InputError(f"{source}: no such file")
-    if save is not None and not (save.parent if str(save.parent) else Path(".")).is_dir():
-        raise OutputError(f"{save.parent}: folder does not exist")
+        raise InputError(f"{source}: is not a regular file; give an image or a video file")
+    if save is not None:
+        check_save_path(save, source, overwrite)
     rotation = 0
     if source.suffix.lower() in IMAGE_SUFFIXES:
         image = read_image(source)
@@ -119,7 +117,7 @@ def command(source, frame_index, as_json, embed, save, detector, embedder, min_f
             "faces": records,
         }))
         return
-    click.echo(f"{source} frame {frame_index}: {image.shape[1]}x{image.shape[0]}, detector {det.name}, "
+    click.echo(f"{shown(source)} frame {frame_index}: {image.shape[1]}x{image.shape[0]}, detector {det.name}, "
                f"embedder {emb.name} ({emb.dim}-d)" + (f", rotation {rotation}" if rotation else ""))
     if not records:
         click.echo("no faces found (try --min-face smaller, or another --detector)")
@@ -131,4 +129,4 @@ def command(source, frame_index, as_json, embed, save, detector, embedder, min_f
         if embed:
             click.echo("  embedding " + " ".join(f"{v:.4f}" for v in r["embedding"]))
     if save is not None:
-        click.echo(f"annotated image: {save}")
+        click.echo(f"annotated image: {shown(save)}")

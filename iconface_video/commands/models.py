@@ -47,6 +47,9 @@ def fetch_models(names: tuple[str, ...], models_dir: Path | None) -> None:
             model = get_model(name)
         except KeyError as error:
             raise UserError(str(error.args[0])) from None
+        if model.derived_from:
+            raise UserError(f"{name} is not downloaded: it is made from {model.derived_from} on first use "
+                            "(e.g. by `iconface-video faces PHOTO --embed`)")
         if not model.commercial_use:
             click.echo(f"note: {model.name} is licensed {model.licence}", err=True)
         if not (model.archive or any(f.urls for f in model.files)):

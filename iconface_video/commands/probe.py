@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from iconface_video.files import shown
 from iconface_video.io.probe import StreamInfo, VideoInfo, probe
 
 
@@ -27,7 +28,7 @@ def format_table(info: VideoInfo) -> str:
     """A human-readable summary, one stream per block."""
     duration = "?" if info.duration is None else f"{info.duration:.3f} s"
     lines = [
-        f"file       {info.path}",
+        f"file       {shown(info.path)}",
         f"container  {info.format} ({info.format_long}), {duration}, {info.size_bytes:,} bytes"
         + (f", {info.bit_rate // 1000} kb/s" if info.bit_rate else ""),
     ]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from iconface_video.files import shown
 from iconface_video.io.writer import CODECS
 
 
@@ -46,6 +47,10 @@ def render_options(function):
         click.option("--deinterlace", type=click.Choice(["auto", "refuse"]), default="auto", show_default=True,
                      help="Interlaced sources: deinterlace (yadif) or stop with an error."),
         click.option("--no-html", is_flag=True, help="Do not write the HTML report beside the output."),
+        click.option("--identity-guard", "identity_guard", type=click.FloatRange(min=0), default=0.05,
+                     show_default=True, metavar="MARGIN",
+                     help="Lower a face's restoration strength where restoring lowered its identity similarity by "
+                          "more than MARGIN (0 turns it off)."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -67,6 +72,7 @@ def options_from(params: dict):
         checkpoint=str(params["checkpoint"]) if params["checkpoint"] else None, steps=params["steps"],
         seed=params["seed"], preview=params["preview"], dry_run=params["dry_run"], min_eye_px=params["min_eye_px"],
         deinterlace=params["deinterlace"], overwrite=params.get("overwrite", False), html=not params["no_html"],
+        identity_guard=params["identity_guard"],
     )
 
 
@@ -98,7 +104,7 @@ def command(analysis_path: Path, input_path: Path | None, output_path: Path | No
     if json_lines:
         progress.event("render", stage="render", report=report.to_json())
     elif options.dry_run:
-        click.echo(report.summary())
+        click.echo(shown(report.summary(), one_line=False))
         click.echo(json.dumps(report.to_json(), indent=2, default=str))
     elif not quiet:
-        click.echo(report.summary(), err=True)
+        click.echo(shown(report.summary(), one_line=False), err=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from iconface_video.commands.render import options_from, render_options
+from iconface_video.files import shown
 
 
 def analysis_options(function):
@@ -64,7 +65,7 @@ def command(input_path: Path, output_path: Path | None, detect_every: int, detec
         with tempfile.TemporaryDirectory(prefix="iconface-dry-run-") as scratch:
             report = restore_file(input_path, output_path, options, analyze_settings(
                 detect_every, detector, embedder, max_refs, models_dir, rotation=rotation), progress, analysis_dir=Path(scratch))
-        click.echo(report.summary())
+        click.echo(shown(report.summary(), one_line=False))
         return
     report = restore_file(input_path, output_path, options,
                           analyze_settings(detect_every, detector, embedder, max_refs, models_dir,
@@ -73,7 +74,7 @@ def command(input_path: Path, output_path: Path | None, detect_every: int, detec
         # The last line a script reads: the finished job, its output and the whole report.
         progress.event("done", stage="job", output=report.output, report=report.to_json())
     elif not quiet:
-        click.echo(report.summary(), err=True)
+        click.echo(shown(report.summary(), one_line=False), err=True)
 
 
 def _progress(json_lines: bool, quiet: bool):

@@ -12,7 +12,7 @@ import click
 
 
 @click.command("train")
-@click.option("--config", "config", required=True, help="Training YAML, or a name in configs/train/ (tiny-cpu, s256-gpu).")
+@click.option("--config", "config", required=True, help="Training YAML, or a name in configs/train/ (cpu, gpu-window).")
 @click.option("--data", required=True, type=click.Path(exists=True, path_type=Path),
               help="A folder with one sub-folder of aligned face crops per person, or a path,identity CSV.")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,

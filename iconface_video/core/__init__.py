@@ -1,7 +1,7 @@
 """The IConFace restoration core: identity-structure asymmetric conditioning at trainable scale.
 
-- ``config``: ``CoreConfig``, ``load_config("tiny" | "s256" | "b512" | path)``
-- ``model``: ``IConFaceCore`` (joint forward, cached condition encoding, ``train_loss``)
+- ``config``: ``CoreConfig``, ``load_config("cpu" | "gpu" | path)``
+- ``model``: ``IConFaceCore`` (joint forward, cached condition encoding)
 - ``batch``: ``TrainBatch`` (core-design §5.2), ``sample_t``
 - ``losses``: flow-matching velocity loss from x-prediction, identity loss hooks
 - ``sampler``: few-step Euler sampler with track-shared noise

@@ -62,3 +62,12 @@ class TrainBatch:
 def sample_t(n: int, mu: float = 0.0, generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> torch.Tensor:
     """float[n] logit-normal(mu, 1) training times in (0, 1) (more mass on noisy levels as mu grows)."""
     return torch.sigmoid(torch.randn(n, generator=generator) + mu).to(device)
+
+
+def training_times(n: int, core_config, p_t_max: float, generator: torch.Generator) -> torch.Tensor:
+    """float[n] training times: a share ``p_t_max`` exactly at ``core_config.t_max`` (where the
+    one-step sampler queries the network, so the shipped output is trained directly), the rest
+    logit-normal(``core_config.t_mu``) capped at ``t_max``."""
+    t = sample_t(n, core_config.t_mu, generator=generator).clamp_max(core_config.t_max)
+    at_max = torch.rand(n, generator=generator) < p_t_max
+    return torch.where(at_max, torch.full_like(t, core_config.t_max), t)

@@ -2,8 +2,12 @@
 
 ``name.safetensors`` holds every tensor of the model's state dict; ``name.json`` beside it holds::
 
-    {"format": "iconface-core", "version": 1, "config": {...CoreConfig...},
-     "crop_size": 112, "template": "arcface", "id_encoder": "dlib", "training": {...}}
+    {"format": "iconface-core", "version": 2, "config": {...CoreConfig...},
+     "crop_size": 128, "template": "arcface", "id_encoder": "dlib",
+     "training": {"sides": [128, 256], "recommended_steps": 1, ...}}
+
+Version 2 is core v2 (convolutional tokenizer and decoder); version-1 checkpoints (pixel patches)
+are refused with a one-line error, as their network no longer exists.
 
 Loading builds the model from the sidecar's config and checks every tensor's name and shape before
 copying anything; a mismatch raises ``BadWeightsError`` with one line naming what does not match.
@@ -27,7 +31,7 @@ from .config import CoreConfig
 from .model import IConFaceCore
 
 FORMAT = "iconface-core"
-VERSION = 1
+VERSION = 2
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -51,6 +55,8 @@ def save_checkpoint(path: str | Path, model: IConFaceCore, training: dict[str, A
     tmp_j = sidecar_path(path).with_name(sidecar_path(path).name + ".tmp")
     save_file(tensors, str(tmp_w), metadata={"format": FORMAT, "version": str(VERSION)})
     tmp_j.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    for tmp in (tmp_w, tmp_j):
+        os.chmod(tmp, 0o644)  # weights are for every user of the folder, like any output
     os.replace(tmp_w, path)
     os.replace(tmp_j, sidecar_path(path))
     return path
@@ -76,7 +82,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     """Build the model from ``path``'s sidecar and load its weights; returns (model in eval mode, sidecar)."""
     path = Path(path)
     if not path.is_file():
-        raise MissingModelError(f"restorer weights {path} not found")
+        raise MissingModelError(f"restorer weights {path} not found; give an existing .safetensors checkpoint "
+                                "(or leave the option out for the embedded one)")
     meta = read_sidecar(path)
     try:
         config = CoreConfig.from_dict(meta["config"])

@@ -3,7 +3,7 @@
 Every interpretation of the IConFace paper that core-design.md §1 flags as *ours* is a field here,
 so an ablation is a config change, not a code change:
 
-- ``hybrid_concat``   degraded patch channel-concatenated into the scene input (interpretation 1)
+- ``hybrid_concat``   degraded tokens channel-concatenated into the scene input (interpretation 1)
 - ``topology``        ``one_way`` (conditions attend only to themselves → cacheable) or ``full``
 - ``xattn_routes``    two-route degraded memory: ``AB`` (static + contextual), ``A`` or ``B`` only
 - ``xattn_every``     block-wise degraded cross-attention every n-th block (0 = off)
@@ -13,19 +13,24 @@ so an ablation is a config change, not a code change:
 - ``x0_residual``     the head predicts x̂0 − lq instead of x̂0 (ours, not the paper's: a zero-
                       initialised head then starts at "return the input", which is what a small
                       model trained on a CPU for hours needs; it is still x-prediction)
+
+Tokens come from convolutional encoders and go back to pixels through a U-Net style decoder fed
+with the degraded crop's features at every scale (core-v2.md): ``enc_channels[i]`` is the width
+at scale 1/2**(i+1) (the convolutions start after a 2x2 pixel unshuffle), so the token stride is
+``2**(len(enc_channels) + 1)`` and any square crop whose side is a multiple of the stride in
+[min_side, max_side] can be restored by one checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from iconface_video.config_files import read_config_file
 
-CONFIG_VERSION = 1
+CONFIG_VERSION = 2
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "core"
 
 TOPOLOGIES = ("one_way", "full")
@@ -38,15 +43,19 @@ ID_ENCODERS = {"dlib": 128, "arcface": 512, "adaface": 512, "proxy": 128}  # nam
 class CoreConfig:
     """All sizes and switches of one IConFace core.
 
-    Defaults are the ``tiny`` preset's sizes with the weight-free ``proxy`` identity encoder (for
-    tests); the shipped presets are the YAML files in ``configs/core/``.
+    Defaults are the ``cpu`` preset's sizes with the weight-free ``proxy`` identity encoder (for
+    tests); the shipped presets are the YAML files in ``configs/core/`` (``cpu``, ``gpu``).
     """
 
-    name: str = "tiny"
+    name: str = "cpu"
     # Crops and tokens.
-    crop_size: int = 112  # R: aligned crop side in pixels
-    ref_size: int = 64  # Rr: reference crops are resized to this side before patching
-    patch: int = 16
+    crop_size: int = 128  # R: the aligned crop side the core trains at (inference: any allowed side)
+    ref_size: int = 64  # Rr: reference crops are resized to this side before encoding
+    min_side: int = 96  # smallest crop side accepted at inference
+    max_side: int = 512  # largest crop side accepted at inference (what it was trained at is in the checkpoint)
+    enc_channels: tuple[int, ...] = (32, 48, 64)  # conv width per scale from 1/2 down; stride = 2**(len+1)
+    enc_blocks: tuple[int, ...] = (1, 1, 2)  # NAF blocks per scale in the degraded/reference encoder
+    dec_blocks: tuple[int, ...] = (1, 1, 1)  # NAF blocks per scale in the decoder
     template: str = "arcface"  # the alignment template the crops must follow (faces/align.py)
     # Width and depth.
     dim: int = 128
@@ -79,8 +88,12 @@ class CoreConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.crop_size % self.patch or self.ref_size % self.patch:
-            problems.append(f"crop_size {self.crop_size} and ref_size {self.ref_size} must be multiples of patch {self.patch}")
+        if not (len(self.enc_channels) == len(self.enc_blocks) == len(self.dec_blocks) >= 1):
+            problems.append("enc_channels, enc_blocks and dec_blocks need the same length (>= 1)")
+        elif any(s % self.stride for s in (self.crop_size, self.ref_size, self.min_side, self.max_side)):
+            problems.append(f"crop_size, ref_size, min_side and max_side must be multiples of the token stride {self.stride}")
+        elif not self.min_side <= self.crop_size <= self.max_side:
+            problems.append(f"crop_size {self.crop_size} must lie in [min_side {self.min_side}, max_side {self.max_side}]")
         if self.dim % self.heads:
             problems.append(f"dim {self.dim} must be a multiple of heads {self.heads}")
         elif (self.dim // self.heads) % 8:
@@ -103,17 +116,23 @@ class CoreConfig:
         return self.dim // self.heads
 
     @property
+    def stride(self) -> int:
+        """Crop pixels per token side."""
+        return 2 ** (len(self.enc_channels) + 1)
+
+    @property
     def grid(self) -> int:
-        """Scene (and degraded) patches per side."""
-        return self.crop_size // self.patch
+        """Scene (and degraded) tokens per side at the training crop size."""
+        return self.crop_size // self.stride
 
     @property
     def ref_grid(self) -> int:
-        return self.ref_size // self.patch
+        return self.ref_size // self.stride
 
-    @property
-    def patch_dim(self) -> int:
-        return 3 * self.patch * self.patch
+    def check_side(self, side: int) -> None:
+        """ValueError unless crops of ``side`` pixels can be restored."""
+        if side % self.stride or not self.min_side <= side <= self.max_side:
+            raise ValueError(f"crop side {side} must be a multiple of {self.stride} in [{self.min_side}, {self.max_side}]")
 
     @property
     def n_blocks(self) -> int:
@@ -124,7 +143,9 @@ class CoreConfig:
         return self.xattn_every > 0 and (block + 1) % self.xattn_every == 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": CONFIG_VERSION, **dataclasses.asdict(self)}
+        # Lists, not tuples: the dict is what YAML and JSON sidecars hold, and compares equal to them.
+        return {"version": CONFIG_VERSION, **{k: list(v) if isinstance(v, tuple) else v
+                                              for k, v in dataclasses.asdict(self).items()}}
 
     def replace(self, **changes: Any) -> CoreConfig:
         return dataclasses.replace(self, **changes)
@@ -136,6 +157,9 @@ class CoreConfig:
         version = data.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:
             raise ValueError(f"core config version {version} is not supported (expected {CONFIG_VERSION})")
+        for key in ("enc_channels", "enc_blocks", "dec_blocks"):
+            if isinstance(data.get(key), list):
+                data[key] = tuple(data[key])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -144,12 +168,10 @@ class CoreConfig:
 
 
 def load_config(path_or_preset: str | Path) -> CoreConfig:
-    """Load a YAML/JSON config file, or a preset name (``tiny``, ``s256``, ``b512``) from configs/core/."""
+    """Load a YAML/JSON config file, or a preset name (``cpu``, ``gpu``) from configs/core/."""
     path = Path(path_or_preset)
     if not path.suffix:
         path = CONFIG_DIR / f"{path_or_preset}.yaml"
     if not path.is_file():
         raise FileNotFoundError(f"core config not found: {path}")
-    text = path.read_text()
-    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    return CoreConfig.from_dict(data)
+    return CoreConfig.from_dict(read_config_file(path))

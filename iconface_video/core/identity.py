@@ -14,9 +14,10 @@ added to the scene tokens' conditioning only; it never enters keys/values or the
 The anchor is computed once per *track*, so every frame of the track gets the identical anchor.
 
 Encoders: ``ProxyIdEncoder`` is a tiny frozen conv net for tests and CI (its weights live in the
-core checkpoint, so no file is needed); ``dlib`` (the pipeline's embedded default, 128-d),
-``arcface`` and ``adaface`` (512-d, user-supplied weights) come from ``iconface_video.faces.embed``
-through ``load_id_encoder``, which re-aligns the core's crops to ArcFace-112 first.
+core checkpoint, so no file is needed); ``dlib`` (the pipeline's embedded default, 128-d: dlib's
+network ported to PyTorch, ``faces/dlib_resnet.py``, run on the restorer's device), ``arcface``
+and ``adaface`` (512-d, user-supplied weights) come from ``iconface_video.faces.embed`` through
+``load_id_encoder`` (which re-aligns the core's crops to ArcFace-112 first for those two).
 """
 
 from __future__ import annotations
@@ -129,14 +130,30 @@ def to_arcface112(crops: torch.Tensor, template_name: str) -> torch.Tensor:
     return warp_faces(crops, M.to(crops.device), 112)
 
 
-def load_id_encoder(name: str, template_name: str) -> IdEncoderFn:
+def load_id_encoder(name: str, template_name: str, device: str | torch.device | None = None) -> IdEncoderFn:
     """The pipeline's identity encoder ``name`` (``dlib``, ``arcface`` or ``adaface``) on core crops.
 
-    The returned function maps float[N, 3, S, S] RGB in [0, 1], aligned to ``template_name``, to
-    unnormalised float32[N, id_dim] features (``faces.embed``'s ``embed_aligned112``). ``proxy``
-    lives inside the model instead.
+    The returned function maps float[N, 3, S, S] RGB in [0, 1] (any device), aligned to
+    ``template_name``, to unnormalised float32[N, id_dim] features on ``device`` (the CPU when
+    None), without gradients. ``dlib`` runs its PyTorch port on ``device``, warping the crops
+    straight to its chip (``faces.dlib_resnet.DlibIdentity``; use that class for losses);
+    ``arcface`` and ``adaface`` re-align to ArcFace-112 and run ``faces.embed``'s
+    ``embed_aligned112`` on the CPU. ``proxy`` lives inside the model instead.
     """
-    # Imported here: it pulls in dlib / onnxruntime, which the proxy path never needs.
+    device = torch.device("cpu" if device is None else device)
+    if name == "dlib":
+        from iconface_video.faces.dlib_resnet import load_dlib_identity
+
+        identity = load_dlib_identity(device=device)
+
+        @torch.no_grad()
+        def encode_dlib(crops: torch.Tensor) -> torch.Tensor:
+            # float32 even inside the restorer's autocast: the anchor is computed once per track.
+            with torch.autocast(device.type, enabled=False):
+                return identity.embed(crops.to(device, torch.float32).clamp(0, 1), template_name)
+
+        return encode_dlib
+    # Imported here: it pulls in onnxruntime, which the proxy path never needs.
     from iconface_video.faces.embed import load_embedder
 
     embedder = load_embedder(name)
@@ -144,6 +161,6 @@ def load_id_encoder(name: str, template_name: str) -> IdEncoderFn:
     def encode(crops: torch.Tensor) -> torch.Tensor:
         aligned = to_arcface112(crops.detach().float().cpu().clamp(0, 1), template_name)
         images = (aligned * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        return torch.as_tensor(embedder.embed_aligned112(images), dtype=torch.float32)
+        return torch.as_tensor(embedder.embed_aligned112(images), dtype=torch.float32).to(device)
 
     return encode

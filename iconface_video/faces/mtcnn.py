@@ -9,6 +9,8 @@ The networks and the cascade are written here, batched over frames:
 2. R-net and O-net score 24x24 / 48x48 crops of all candidates of all frames at once; the crops
    are cut with ``torchvision.ops.roi_align`` (area-like averaging, zero outside the image as
    in the original, no Python loop over boxes).
+3. ``refine_boxes`` runs O-net alone on boxes where faces are expected (a track's predicted box):
+   the cheap way to follow known faces between full-frame detections.
 
 Those weights were converted from Caffe, whose fully connected layers read the feature map
 in (W, H, C) order: hence the ``permute(0, 3, 2, 1)`` before flattening.
@@ -19,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -285,3 +289,50 @@ def run_cascade(
     boxes, scores, points, image_idx = boxes[keep], scores[keep], points[keep], image_idx[keep]
     return Detections(boxes, scores, points, image_idx)
 
+
+
+def _cut_square(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
+    """``uint8[size, size, 3]``: the pixels of ``box`` (x0, y0, x1, y1), zero outside the image,
+    area-resampled (as the cascade's crops are)."""
+    height, width = image.shape[:2]
+    x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
+    x1, y1 = max(x0 + 1, int(np.ceil(box[2]))), max(y0 + 1, int(np.ceil(box[3])))
+    region = np.zeros((y1 - y0, x1 - x0, 3), np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+    if sx1 > sx0 and sy1 > sy0:
+        region[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    return cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA)
+
+
+@torch.inference_mode()
+def refine_boxes(onet: ONet, image: np.ndarray, boxes: np.ndarray, threshold: float,
+                 rounds: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Faces near the given boxes of one frame, found by O-net alone (no pyramid).
+
+    ``image`` uint8[H, W, 3] RGB; ``boxes`` float[M, 4] where faces are expected (e.g. a track's
+    box predicted from the previous frames). Each box is squared and regressed by O-net
+    ``rounds`` times, so a face that moved by a fraction of its size is re-centred; the last
+    round's score decides. Returns ``boxes[K, 4]``, ``scores[K]``, ``points[K, 5, 2]`` (float32),
+    overlapping results merged as in the cascade. Costs one 48x48 O-net call per box and round,
+    hundreds of times less than a full-frame cascade at 720p.
+    """
+    empty = (np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
+    if len(boxes) == 0:
+        return empty
+    current = _square(torch.as_tensor(np.asarray(boxes, np.float32)))
+    for step in range(rounds):
+        crops = np.stack([_cut_square(image, b, 48) for b in current.numpy()])
+        tensor = torch.from_numpy(crops).permute(0, 3, 1, 2).float()
+        out_reg, out_points, prob = onet(_normalise(tensor))
+        if step + 1 < rounds:
+            current = _square(_regress(current, out_reg))
+    passed = prob > threshold
+    current, scores, out_reg, out_points = current[passed], prob[passed], out_reg[passed], out_points[passed]
+    if current.numel() == 0:
+        return empty
+    w = (current[:, 2] - current[:, 0]).unsqueeze(1)
+    h = (current[:, 3] - current[:, 1]).unsqueeze(1)
+    points = torch.stack([current[:, :1] + w * out_points[:, :5], current[:, 1:2] + h * out_points[:, 5:]], dim=2)
+    final = _regress(current, out_reg)
+    keep = _nms_min(final, scores, torch.zeros(len(scores), dtype=torch.long), 0.7)
+    return final[keep].numpy(), scores[keep].numpy(), points[keep].numpy().astype(np.float32)

@@ -138,17 +138,37 @@ def open_input(path: str | os.PathLike) -> av.container.InputContainer:
     """Open ``path`` for reading, turning every failure into one ``InputError`` line."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file; check the path")
     if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a video file")
+        raise InputError(f"{path}: is a folder; give a video file")
+    if not path.is_file():
+        # A device (/dev/zero) or a pipe never ends and cannot be sought: reading one would hang.
+        raise InputError(f"{path}: is not a regular file (a device, pipe or socket); give a video file")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: not readable (check its permissions)")
     if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty")
+        raise InputError(f"{path}: the file is empty; give a video file (an interrupted copy or download? fetch it again)")
     try:
         return av.open(str(path), mode="r", metadata_errors="replace")
     except av.error.FFmpegError as error:
-        raise InputError(f"{path}: not a readable video: damaged, truncated or not a video at all ({_reason(error)})") from None
+        raise InputError(f"{path}: not a readable video: damaged, truncated or not a video at all ({_reason(error)}); check it plays, or give another file") from None
+
+
+# FFmpeg's demuxers for single pictures; such a "video" has one frame and no timing.
+_STILL_IMAGE_FORMATS = ("image2", "_pipe", "gif", "apng", "webp")
+
+
+def is_still_image(info: VideoInfo) -> bool:
+    """Whether ``info`` describes a still picture (PNG, JPEG, ...) rather than a video."""
+    name = info.format or ""
+    return info.frame_count <= 1 and any(part in name for part in _STILL_IMAGE_FORMATS)
+
+
+def check_video(info: VideoInfo) -> None:
+    """Refuse a still picture where a video is needed (it would silently become a 1-frame video)."""
+    if is_still_image(info):
+        raise InputError(f"{info.path}: is a still image ({info.format}), not a video; this tool restores videos "
+                         "(`iconface-video faces` shows the faces in a picture)")
 
 
 def main_video_stream(container: av.container.InputContainer, path: Path) -> av.video.stream.VideoStream:
@@ -158,8 +178,8 @@ def main_video_stream(container: av.container.InputContainer, path: Path) -> av.
             return stream
     kinds = sorted({s.type for s in container.streams})
     if not kinds:
-        raise InputError(f"{path}: holds no streams at all (an empty or zero-frame video); nothing to restore")
-    raise InputError(f"{path}: has no video stream (it holds only {', '.join(kinds)}); nothing to restore")
+        raise InputError(f"{path}: holds no streams at all (an empty or zero-frame video); nothing to restore, give another file")
+    raise InputError(f"{path}: has no video stream (it holds only {', '.join(kinds)}); nothing to restore, give a video file")
 
 
 def probe(path: str | os.PathLike) -> VideoInfo:
@@ -170,7 +190,7 @@ def probe(path: str | os.PathLike) -> VideoInfo:
         video = main_video_stream(container, path)
         count, min_delta, max_delta = _count_video_packets(container, video, path)
         if count == 0:
-            raise InputError(f"{path}: the video stream has no frames")
+            raise InputError(f"{path}: the video stream has no frames; nothing to restore, give another file")
         rotation = _first_frame_rotation(path, video.index)
         streams = tuple(
             _stream_info(s, rotation, count, min_delta, max_delta) if s.index == video.index
@@ -242,15 +262,17 @@ def _count_video_packets(container, video, path: Path) -> tuple[int, int | None,
                 max_delta = delta if max_delta is None else max(max_delta, delta)
             previous = pts
     except av.error.FFmpegError as error:
-        raise InputError(f"{path}: the file is damaged or truncated ({_reason(error)})") from None
+        raise InputError(f"{path}: the file is damaged or truncated ({_reason(error)}); repair it or fetch it again") from None
     declared = int(video.frames or 0)
     if count and declared and count < declared:
-        raise InputError(f"{path}: truncated or damaged: {count} of the {declared} frames its header lists are present")
+        raise InputError(f"{path}: truncated or damaged: {count} of the {declared} frames its header lists are present; "
+                         "repair it or fetch it again")
     if count and container.duration:
         declared_s = container.duration / av.time_base
         start_s = (container.start_time or 0) / av.time_base
         if end_s - start_s < declared_s - max(0.5, 0.1 * declared_s):
-            raise InputError(f"{path}: truncated or damaged: its data stops at {end_s - start_s:.2f} s of {declared_s:.2f} s")
+            raise InputError(f"{path}: truncated or damaged: its data stops at {end_s - start_s:.2f} s of {declared_s:.2f} s; "
+                             "repair it or fetch it again")
     return count, min_delta, max_delta
 
 
@@ -262,10 +284,10 @@ def _first_frame_rotation(path: Path, stream_index: int) -> int:
         for frame in container.decode(stream):
             return int(round(frame.rotation or 0))
     except av.error.FFmpegError as error:
-        raise InputError(f"{path}: the video cannot be decoded ({_reason(error)})") from None
+        raise InputError(f"{path}: the video cannot be decoded ({_reason(error)}); repair it or give another file") from None
     finally:
         container.close()
-    raise InputError(f"{path}: no video frame could be decoded (zero frames or a damaged file)")
+    raise InputError(f"{path}: no video frame could be decoded (zero frames or a damaged file); repair it or give another file")
 
 
 def _stream_info(stream, rotation: int = 0, count: int | None = None,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -45,19 +45,27 @@ def sws_range(color_range: int | None) -> int:
     return 2 if color_range == 2 else 1
 
 
-def read_frames(path: str | os.PathLike, start: int | None = None, end: int | None = None) -> Iterator[Frame]:
+def read_frames(path: str | os.PathLike, start: int | None = None, end: int | None = None, *,
+                conceal_outside: tuple[int, int] | None = None,
+                on_conceal: Callable[[int], None] | None = None) -> Iterator[Frame]:
     """Yield frames ``start`` .. ``end - 1`` (presentation order, 0-based) of the main video stream.
 
     Each ``Frame.image`` is ``uint8[H, W, 3]`` RGB in stored orientation (container rotation is
     *not* applied). ``start`` > 0 seeks to the keyframe before it (via a demux-only timestamp
     pass) and decodes forward, so a range costs about its own length, not the file's.
+
+    A frame that cannot be decoded (damage in the file) stops the read with a one-line
+    ``InputError`` naming the frame, unless it lies outside ``conceal_outside`` (the ``[a, b)``
+    range a job changes): there the frame before it is repeated, with the lost frame's own
+    timestamp, and ``on_conceal(index)`` is called, so damage the job does not touch does not
+    stop it.
     """
     path = Path(path)
     start = max(0, start or 0)
     if end is not None and end <= start:
         return
     if start > 0:
-        frames = _read(path, start, end, seek=True)
+        frames = _read(path, start, end, True, conceal_outside, on_conceal)
         try:
             first = next(frames)
         except StopIteration:
@@ -67,10 +75,11 @@ def read_frames(path: str | os.PathLike, start: int | None = None, end: int | No
             yield from frames
             return
         frames.close()  # the seek overshot (a broken index): decode from the start instead
-    yield from _read(path, start, end, seek=False)
+    yield from _read(path, start, end, False, conceal_outside, on_conceal)
 
 
-def _read(path: Path, start: int, end: int | None, seek: bool) -> Iterator[Frame]:
+def _read(path: Path, start: int, end: int | None, seek: bool, conceal_outside: tuple[int, int] | None,
+          on_conceal: Callable[[int], None] | None) -> Iterator[Frame]:
     container = open_input(path)
     try:
         stream = main_video_stream(container, path)
@@ -79,17 +88,49 @@ def _read(path: Path, start: int, end: int | None, seek: bool) -> Iterator[Frame
         matrix, colour_range = sws_matrix(codec.colorspace), sws_range(codec.color_range)
         time_base = stream.time_base or Fraction(1, 1)
         index_of = _seek_near(container, stream, path, start) if seek else None
-        index = 0
-        for frame in _decode(container, stream, path):
-            if index_of is not None:
-                index = index_of(frame.pts)
+        index = 0  # the next frame expected
+        table: list[int] | None = None  # every frame's pts, loaded at the first damage
+        previous: Frame | None = None
+
+        def lost(first: int, stop: int, reason: str) -> Iterator[Frame]:
+            """Frames ``first .. stop - 1`` could not be decoded: repeat ``previous`` or stop."""
+            for missing in range(first, stop if end is None else min(stop, end)):
+                inside = conceal_outside is None or conceal_outside[0] <= missing < conceal_outside[1]
+                if inside or (previous is None and missing >= start):
+                    hint = (f"restore the part before it with --end {missing}f, or repair the file" if missing > 0
+                            else "repair the file")
+                    raise InputError(f"{path}: the video stops decoding at frame {missing} ({reason}); {hint}")
+                if on_conceal is not None:
+                    on_conceal(missing)
+                if missing >= start:
+                    yield Frame(index=missing, pts=table[missing], time_base=time_base, image=previous.image.copy())
+
+        reason = ""
+        for item in _decode(container, stream):
+            if isinstance(item, av.error.FFmpegError):
+                reason = _reason(item)
+                if conceal_outside is None:
+                    yield from lost(index, index + 1, reason)
+                if table is None:
+                    table = frame_timestamps(path)
+                    index_of = index_of or (lambda pts, t=table: bisect.bisect_left(t, pts))
+                continue
+            position = index_of(item.pts) if index_of is not None and (item.pts is not None or table is None) else index
+            if table is not None:  # after damage: fill the frames lost, skip any shown twice
+                if position < index:
+                    continue
+                yield from lost(index, position, reason)
+            index = position
             if end is not None and index >= end:
                 break
             if index >= start:
-                image = frame.to_ndarray(format="rgb24", src_colorspace=matrix, src_color_range=colour_range,
-                                         interpolation=SWS_INTERPOLATION)
-                yield Frame(index=index, pts=frame.pts, time_base=time_base, image=np.ascontiguousarray(image))
+                image = item.to_ndarray(format="rgb24", src_colorspace=matrix, src_color_range=colour_range,
+                                        interpolation=SWS_INTERPOLATION)
+                previous = Frame(index=index, pts=item.pts, time_base=time_base, image=np.ascontiguousarray(image))
+                yield previous
             index += 1
+        if table is not None and index < len(table):
+            yield from lost(index, len(table), reason)
     finally:
         container.close()
 
@@ -123,17 +164,21 @@ def _seek_near(container, stream, path: Path, start: int):
     def index_of(pts: int | None) -> int:
         # Frames before the keyframe's own GOP can surface after a seek; their index is exact too.
         if pts is None:
-            raise InputError(f"{path}: a frame without a timestamp after seeking; read from the start")
+            raise InputError(f"{path}: a frame without a timestamp after seeking; restore the whole file (leave out --start)")
         return bisect.bisect_left(table, pts)
 
     return index_of
 
 
-def _decode(container, stream, path: Path) -> Iterator[av.VideoFrame]:
-    """All frames of ``stream``, flush packet included; damage mid-file becomes an InputError."""
+def _decode(container, stream) -> Iterator[av.VideoFrame | av.error.FFmpegError]:
+    """All frames of ``stream``, flush packet included; a packet that fails to decode yields its
+    error instead (the decoder goes on with the next packet), a demuxing failure ends the stream
+    with its error."""
     try:
         for packet in container.demux(stream):
-            for frame in packet.decode():
-                yield frame
+            try:
+                yield from packet.decode()
+            except av.error.FFmpegError as error:
+                yield error
     except av.error.FFmpegError as error:
-        raise InputError(f"{path}: the video stops decoding part-way ({_reason(error)})") from None
+        yield error

@@ -143,18 +143,16 @@ _X264_MBTREE_STEP = 8
 def resolve_encoding(settings: EncodeSettings, info: VideoInfo, output_path: str | os.PathLike) -> Encoding:
     """Pick codec, pixel format and quality for ``info``'s video written to ``output_path``."""
     video = info.video
-    suffix = Path(output_path).suffix.lower()
-    codec = settings.codec or _WEB_CONTAINERS.get(suffix, "libx264")
-    if suffix == ".webm" and codec not in ("libvpx-vp9", "libsvtav1"):
-        raise OutputError(f"{output_path}: WebM holds only VP9 or AV1; use --codec libvpx-vp9 or libsvtav1, or a .mp4/.mkv output")
+    codec = settings.codec or video_codec_for(output_path)
+    check_container(output_path, codec)
     if settings.preset is not None and settings.preset not in PRESETS[codec]:
         choices = ", ".join(PRESETS[codec]) or "none (leave --preset out)"
-        raise UserError(f"{codec} has no preset {settings.preset!r}; its presets: {choices}")
+        raise UserError(f"{codec} has no preset {settings.preset!r}; use one of its presets: {choices}")
     width, height = int(video.width or 0), int(video.height or 0)
-    pix_fmt = settings.pix_fmt or _auto_pix_fmt(codec, video.bit_depth or 8, width, height)
+    pix_fmt = settings.pix_fmt or _auto_pix_fmt(codec, video.bit_depth or 8, width, height, video.pix_fmt)
     supported = {f.name for f in av.Codec(codec, "w").video_formats or []}
     if pix_fmt not in supported:
-        raise UserError(f"{codec} cannot encode pixel format {pix_fmt}; it takes {', '.join(sorted(supported))}")
+        raise UserError(f"{codec} cannot encode pixel format {pix_fmt}; use a --pix-fmt it takes: {', '.join(sorted(supported))}")
     if pix_fmt.startswith(("yuv420", "nv12")) and (width % 2 or height % 2):
         raise UserError(f"{width}x{height} has an odd side, which {pix_fmt} cannot hold; use --pix-fmt yuv444p (or leave --pix-fmt out)")
     return Encoding(
@@ -174,13 +172,78 @@ def resolve_encoding(settings: EncodeSettings, info: VideoInfo, output_path: str
     )
 
 
-def _auto_pix_fmt(codec: str, bit_depth: int, width: int, height: int) -> str:
+def video_codec_for(output_path: str | os.PathLike) -> str:
+    """The encoder used when none is asked for: libx264, or VP9 where the container needs it."""
+    return _WEB_CONTAINERS.get(Path(output_path).suffix.lower(), "libx264")
+
+
+def _auto_pix_fmt(codec: str, bit_depth: int, width: int, height: int, source_pix_fmt: str | None = None) -> str:
+    """The source's bit depth and chroma resolution, as far as ``codec`` can hold them.
+
+    4:2:0 needs even sides, so odd sizes get 4:4:4; a 4:4:4 or RGB source stays 4:4:4 and a
+    4:2:2 source 4:2:2 (halving its colour resolution would be a visible loss); AV1 here takes
+    only 4:2:0.
+    """
     if codec == "libsvtav1" and (width % 2 or height % 2):
         raise UserError(f"AV1 (libsvtav1) cannot encode the odd size {width}x{height}; use --codec libx264 or libx265")
     deep = bit_depth > 8 and codec in TEN_BIT
-    if width % 2 or height % 2:
-        return "yuv444p10le" if deep else "yuv444p"
+    chroma = "444" if width % 2 or height % 2 else _source_chroma(source_pix_fmt)
+    supported = {f.name for f in av.Codec(codec, "w").video_formats or []}
+    for candidate in (chroma, "420"):
+        name = f"yuv{candidate}p" + ("10le" if deep else "")
+        if name in supported:
+            return name
     return "yuv420p10le" if deep else "yuv420p"
+
+
+def _source_chroma(pix_fmt: str | None) -> str:
+    """"444", "422" or "420": the source's chroma resolution (4:2:0 when unknown)."""
+    try:
+        fmt = av.VideoFormat(pix_fmt or "yuv420p", 64, 64)
+    except (ValueError, av.error.FFmpegError):
+        return "420"
+    if fmt.is_rgb or len(fmt.components) < 3:
+        return "444" if fmt.is_rgb else "420"  # grey: no chroma to keep
+    full_width, full_height = fmt.chroma_width() == 64, fmt.chroma_height() == 64
+    if full_width and full_height:
+        return "444"
+    return "422" if full_height else "420"
+
+
+# Containers whose muxer accepts a codec when the stream is added but refuses it when the file
+# header is written (after the whole encode).
+_REFUSED_AT_HEADER = {"mov": ("libvpx-vp9", "libsvtav1")}
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".m2ts", ".mts", ".nut")
+
+
+def check_container(output_path: str | os.PathLike, codec: str) -> None:
+    """Refuse, before any work, an output whose extension is not a video container this tool
+    writes, or whose container cannot hold ``codec``."""
+    output_path = Path(output_path)
+    fmt = _format_for(output_path)
+    if fmt is None:
+        kind = f"a {output_path.suffix} file" if output_path.suffix else "a name without an extension"
+        raise OutputError(f"{output_path}: {kind} is not a video container; give the output one of the extensions "
+                          f"{', '.join(VIDEO_SUFFIXES)} (e.g. -o {output_path.stem}.mp4)")
+    if not _holds(fmt, codec):
+        holds = [c for c in CODECS if c != codec and _holds(fmt, c)]
+        raise OutputError(f"{output_path}: a {output_path.suffix} file cannot hold {codec} video; use --codec "
+                          f"{' or '.join(holds)}, or a .mkv output")
+
+
+def _holds(fmt: str, codec: str) -> bool:
+    """Whether a ``fmt`` file can hold ``codec`` video (adding the stream asks the muxer)."""
+    if codec in _REFUSED_AT_HEADER.get(fmt, ()):
+        return False
+    trial = av.open(io.BytesIO(), mode="w", format=fmt)
+    try:
+        trial.add_stream(codec)
+        return True
+    except ValueError:
+        return False
+    finally:
+        with contextlib.suppress(av.error.FFmpegError, ValueError):
+            trial.close()
 
 
 @contextlib.contextmanager

@@ -7,10 +7,12 @@ caller's frames ──► [decode + align] ──q──► [restore + blend] �
 ```
 
 The first thread pulls frames (decoding happens there), warps each planned face to an aligned
-crop on the device and groups frames into *units* of at most ``batch_size`` crops and
-``batch_size`` frames. The second restores a unit's crops, smooths colour correction, masks
-and detail over time within each track, and pastes the changes back. Memory is bounded by the
-queues: a few units of frames and crops are alive, whatever the video's length.
+crop of its track's side on the device and groups frames into *units* of at most ``batch_size``
+crops and ``batch_size`` frames. The second restores a unit's crops (one restorer call per crop
+side, so each call holds crops of one side), lets the identity guard scale back restorations
+that changed who the face is, smooths colour correction, masks and detail over time within each
+track, and pastes the changes back. Memory is bounded by the queues: a few units of frames and
+crops are alive, whatever the video's length.
 
 A unit never spans two encoder segments, and temporal averages restart at each segment. So a
 resumed render, which starts at a segment boundary, computes bit for bit what an uninterrupted
@@ -22,7 +24,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,6 +50,8 @@ _GREY_SPREAD = 3.0 / 255.0
 
 RestoreFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 MaskFn = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
+# (lq, restored, tracks) -> the fraction of each restoration to keep, float32[B] in [0, 1].
+GuardFn = Callable[[torch.Tensor, torch.Tensor, np.ndarray], torch.Tensor]
 
 
 @dataclass
@@ -57,6 +61,7 @@ class StageTimes:
     decode: float = 0.0
     align: float = 0.0
     restore: float = 0.0
+    guard: float = 0.0
     blend: float = 0.0
     encode: float = 0.0
     frames: int = 0
@@ -81,10 +86,13 @@ _DONE = object()
 class FaceEngine:
     """Restores the faces of ``plan`` in a stream of frames.
 
-    ``restore`` maps ``lq float32[B, 3, R, R]`` and ``tracks int[B]`` to restored crops;
+    Each face is cropped at its job's ``side`` (R below; one side per call). ``restore`` maps
+    ``lq float32[B, 3, R, R]`` and ``tracks int[B]`` to restored crops;
     ``mask`` maps the input crops ``float32[B, 3, R, R]`` and their landmarks in crop pixels
     ``float32[B, 5, 2]`` to soft masks ``float32[B, 1, R, R]`` (tapered to zero at the crop's
-    border here, whatever the mask, so no crop edge can show). ``strength`` in [0, 1] blends input (0) and restoration (1);
+    border here, whatever the mask, so no crop edge can show). ``guard`` (None: off) maps
+    ``(lq, restored, tracks)`` to the fraction of each restoration to keep (the identity
+    guard). ``strength`` in [0, 1] blends input (0) and restoration (1);
     ``segment_starts`` are the first frames of the encoder's segments (temporal averages restart
     there); ``preview`` returns input | output side by side. ``observer(job, before, after)``
     sees each restored face with its frame's input and output ``uint8[H, W, 3]`` (the report's
@@ -97,7 +105,7 @@ class FaceEngine:
         restore: RestoreFn,
         mask: MaskFn,
         *,
-        crop_size: int,
+        guard: GuardFn | None = None,
         strength: float = 1.0,
         temporal: TemporalSettings | None = None,
         device: str | torch.device = "cpu",
@@ -113,7 +121,7 @@ class FaceEngine:
         self.plan = plan
         self.restore = restore
         self.mask = mask
-        self.crop_size = crop_size
+        self.guard = guard
         self.strength = strength
         self.temporal = temporal or TemporalSettings.from_strength(0.0)
         self.device = torch.device(device)
@@ -122,7 +130,7 @@ class FaceEngine:
         self.preview = preview
         self.observer = observer
         self.times = StageTimes()
-        self._taper = border_taper(crop_size).to(self.device)
+        self._tapers: dict[int, torch.Tensor] = {}
         # Running averages in aligned space, per track: colour correction, mask, and the
         # restored detail itself (lighter: it moves with expressions, which must not ghost).
         self._averages = {name: TrackAverages(decay) for name, decay in (
@@ -180,7 +188,7 @@ class FaceEngine:
             jobs = self.plan.jobs.get(frame.index, ())
             if jobs:
                 started = time.perf_counter()
-                unit.crops.append(self._align(frame, jobs))
+                unit.crops.extend(self._align(frame, jobs))
                 unit.jobs.extend(jobs)
                 n_crops += len(jobs)
                 self.times.align += time.perf_counter() - started
@@ -189,10 +197,15 @@ class FaceEngine:
             _put(out, unit, stop)
         _put(out, _DONE, stop)
 
-    def _align(self, frame: Frame, jobs: tuple[FaceJob, ...]) -> torch.Tensor:
+    def _align(self, frame: Frame, jobs: tuple[FaceJob, ...]) -> list[torch.Tensor]:
+        """One aligned crop ``float32[3, side, side]`` per job, in the jobs' order."""
         image = images_to_tensor(frame.image, self.device)
-        M = torch.from_numpy(np.stack([job.M for job in jobs]))
-        return warp_faces(image.expand(len(jobs), -1, -1, -1), M, self.crop_size)
+        crops: list[torch.Tensor] = [torch.empty(0)] * len(jobs)
+        for side, rows in _by_side(jobs).items():
+            M = torch.from_numpy(np.stack([jobs[i].M for i in rows]))
+            for i, crop in zip(rows, warp_faces(image.expand(len(rows), -1, -1, -1), M, side)):
+                crops[i] = crop
+        return crops
 
     # -- stage 2: restore and paste back ---------------------------------------------------------
 
@@ -214,42 +227,65 @@ class FaceEngine:
         self.times.frames += len(unit.frames)
         if not unit.jobs:
             return self._finish(unit.frames, {})
+        changes: list[torch.Tensor] = [torch.empty(0)] * len(unit.jobs)
         with torch.inference_mode():
-            lq = torch.cat(unit.crops)
-            tracks = np.array([job.track for job in unit.jobs], dtype=np.int64)
-            started = time.perf_counter()
-            restored = torch.cat([
-                self.restore(lq[i : i + self.batch_size], tracks[i : i + self.batch_size])
-                for i in range(0, len(lq), self.batch_size)
-            ]).to(lq.device, torch.float32)
-            self.times.restore += time.perf_counter() - started
-
-            started = time.perf_counter()
-            correction = colour_correction(restored, lq)
-            masks = self.mask(lq, np.stack([job.kps_crop for job in unit.jobs])).to(lq.device) * self._taper
-            colour, mask, detail = (self._averages[k] for k in ("colour", "mask", "detail"))
-            # Crops are in frame order, so the running averages see each track's frames in turn.
-            for i, job in enumerate(unit.jobs):
-                correction[i] = colour.update(job.track, job.frame, correction[i])
-                masks[i] = mask.update(job.track, job.frame, masks[i])
-            residual = restored + correction - lq
-            for i, job in enumerate(unit.jobs):
-                residual[i] = detail.update(job.track, job.frame, residual[i])
-            grey = (lq.amax(dim=1) - lq.amin(dim=1)).flatten(1).amax(dim=1) <= _GREY_SPREAD
-            changes = face_change(residual, masks, self.strength, grey)
-            by_frame: dict[int, list[int]] = {}
-            for i, job in enumerate(unit.jobs):
-                by_frame.setdefault(job.frame, []).append(i)
-            self.times.faces += len(unit.jobs)
-            self.times.grey_faces += int(grey.sum())
-            frames = self._finish(unit.frames, {f: (changes[ix], [unit.jobs[i] for i in ix]) for f, ix in by_frame.items()})
-            self.times.blend += time.perf_counter() - started
+            # Crops of one side are restored together; a track has one side, so each group
+            # still holds its tracks' crops in frame order for the running averages.
+            for side, rows in _by_side(unit.jobs).items():
+                jobs = [unit.jobs[i] for i in rows]
+                for i, change in zip(rows, self._render_side(torch.stack([unit.crops[i] for i in rows]), jobs, side)):
+                    changes[i] = change
+        started = time.perf_counter()
+        by_frame: dict[int, list[int]] = {}
+        for i, job in enumerate(unit.jobs):
+            by_frame.setdefault(job.frame, []).append(i)
+        frames = self._finish(unit.frames, {f: ([changes[i] for i in ix], [unit.jobs[i] for i in ix])
+                                            for f, ix in by_frame.items()})
+        self.times.blend += time.perf_counter() - started
         # Averages of tracks that ended are dropped, so memory follows the live tracks only.
         for average in self._averages.values():
             average.forget_before(unit.frames[-1].index)
         return frames
 
-    def _finish(self, frames: list[Frame], changes: dict[int, tuple[torch.Tensor, list[FaceJob]]]) -> list[Frame]:
+    def _render_side(self, lq: torch.Tensor, jobs: list[FaceJob], side: int) -> torch.Tensor:
+        """The changes ``float32[B, 4, side, side]`` to paste for crops ``lq`` of one side."""
+        tracks = np.array([job.track for job in jobs], dtype=np.int64)
+        started = time.perf_counter()
+        restored = torch.cat([
+            self.restore(lq[i : i + self.batch_size], tracks[i : i + self.batch_size])
+            for i in range(0, len(lq), self.batch_size)
+        ]).to(lq.device, torch.float32)
+        self.times.restore += time.perf_counter() - started
+        if self.guard is not None and self.strength > 0:
+            started = time.perf_counter()
+            gain = self.guard(lq, restored, tracks).to(lq.device).view(-1, 1, 1, 1)
+            # Kept restorations stay bit-exact; the others move toward their input.
+            restored = torch.where(gain < 1, lq + gain * (restored - lq), restored)
+            self.times.guard += time.perf_counter() - started
+
+        started = time.perf_counter()
+        correction = colour_correction(restored, lq)
+        masks = self.mask(lq, np.stack([job.kps_crop for job in jobs])).to(lq.device) * self._taper(side)
+        colour, mask, detail = (self._averages[k] for k in ("colour", "mask", "detail"))
+        for i, job in enumerate(jobs):
+            correction[i] = colour.update(job.track, job.frame, correction[i])
+            masks[i] = mask.update(job.track, job.frame, masks[i])
+        residual = restored + correction - lq
+        for i, job in enumerate(jobs):
+            residual[i] = detail.update(job.track, job.frame, residual[i])
+        grey = (lq.amax(dim=1) - lq.amin(dim=1)).flatten(1).amax(dim=1) <= _GREY_SPREAD
+        self.times.faces += len(jobs)
+        self.times.grey_faces += int(grey.sum())
+        changes = face_change(residual, masks, self.strength, grey)
+        self.times.blend += time.perf_counter() - started
+        return changes
+
+    def _taper(self, side: int) -> torch.Tensor:
+        if side not in self._tapers:
+            self._tapers[side] = border_taper(side).to(self.device)
+        return self._tapers[side]
+
+    def _finish(self, frames: list[Frame], changes: dict[int, tuple[list[torch.Tensor], list[FaceJob]]]) -> list[Frame]:
         out = []
         for frame in frames:
             image = frame.image
@@ -274,6 +310,14 @@ class FaceEngine:
             target(source, out, stop)
         except BaseException as error:  # noqa: BLE001 - re-raised in the consumer's thread
             _put(out, error, stop)
+
+
+def _by_side(jobs: Sequence[FaceJob]) -> dict[int, list[int]]:
+    """Indices of ``jobs`` grouped by crop side, in order within each group."""
+    groups: dict[int, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(job.side, []).append(i)
+    return groups
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> None:

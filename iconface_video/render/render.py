@@ -1,8 +1,8 @@
 """``render_video``: an analysis file and its video in, the video with restored faces out.
 
 ```
-analysis ─► plan (smoothed transforms, small faces and unwanted identities set aside)
-video ─► decode ─► [deinterlace] ─► align ─► restore (per-track refs + noise) ─► blend ─► encode
+analysis ─► plan (smoothed transforms, each track's crop side, small faces and unwanted identities set aside)
+video ─► decode ─► [deinterlace] ─► align ─► restore (per-track refs + noise) ─► identity guard ─► blend ─► encode
 ```
 
 Decoding, segmenting, encoding, muxing and resuming are the I/O stage's (``run_job``); this
@@ -35,13 +35,14 @@ from iconface_video.io.transcode import FrameProcess, segment_ranges
 from iconface_video.io.writer import EncodeSettings
 from iconface_video.progress import Progress
 from iconface_video.render.engine import FaceEngine, MaskFn
+from iconface_video.render.guard import EmbedFn, IdentityGuard, reference_anchor
 from iconface_video.render.interlace import deinterlace, detect_interlace
-from iconface_video.render.plan import plan_faces, select_tracks
+from iconface_video.render.plan import plan_faces, select_tracks, side_template
 from iconface_video.render.report import RenderReport, StillCollector, identity_label
 from iconface_video.render.restore import (
     BatchRestorer,
     TrackReferences,
-    align_references,
+    make_references,
     with_features,
 )
 from iconface_video.render.temporal import TemporalSettings
@@ -66,8 +67,11 @@ class RenderOptions:
     ``device``: ``auto``, ``cpu``, ``cuda``, ``cuda:1`` ...; ``precision``: auto, fp32, bf16, fp16.
     ``checkpoint``: a core checkpoint (None = the embedded one). ``preview``: the output shows
     input | restored side by side. ``dry_run``: plan and report only, write nothing.
-    ``min_eye_px``: faces with eyes closer than this are left alone (None = from the core's crop).
+    ``min_eye_px``: faces with eyes closer than this are left alone (None = from the core's smallest crop side).
     ``deinterlace``: ``auto`` (deinterlace flagged sources) or ``refuse``.
+    ``identity_guard``: the largest drop in identity similarity (cosine, to the track's
+    references, or to the face itself without references) a restoration may cause; a face
+    whose restoration drops it more is restored less, or left as it was. 0 turns it off.
     """
 
     strength: float = 1.0
@@ -94,6 +98,7 @@ class RenderOptions:
     deinterlace: str = "auto"
     overwrite: bool = False
     html: bool = True
+    identity_guard: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.strength <= 1.0:
@@ -108,6 +113,9 @@ class RenderOptions:
             raise UserError("--deinterlace: choose auto or refuse")
         if self.steps is not None and self.steps < 1:
             raise UserError("--steps must be at least 1")
+        if not 0.0 <= self.identity_guard <= 1.0:
+            raise UserError(f"--identity-guard {self.identity_guard} is out of range; use a similarity margin "
+                            "from 0 (off) to 1, e.g. 0.05")
 
     def encode_settings(self) -> EncodeSettings:
         return EncodeSettings(codec=self.codec, crf=self.crf, preset=self.preset, pix_fmt=self.pix_fmt,
@@ -116,7 +124,7 @@ class RenderOptions:
     def output_key(self) -> dict:
         """The options that decide the output's pixels (names the encoder's work folder)."""
         keep = ("strength", "temporal", "refs", "no_refs", "identities", "start", "end", "checkpoint", "steps",
-                "seed", "preview", "min_eye_px", "deinterlace", "precision")
+                "seed", "preview", "min_eye_px", "deinterlace", "precision", "identity_guard")
         return {k: getattr(self, k) for k in keep}
 
 
@@ -152,6 +160,8 @@ def parse_position(text: str | None, timestamps: list[int], time_base, *, option
         match = _CLOCK.match(value)
         if match:
             hours, minutes, seconds = match.groups()
+            if (hours is not None and int(minutes) >= 60) or float(seconds) >= 60:
+                raise ValueError  # 1:99:99 is a typo, not 2:40:39
             seconds_total = int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds)
         else:
             seconds_total = float(value.removesuffix("s"))
@@ -232,11 +242,11 @@ def video_references(analysis: Analysis, identity: int, template: str, size: int
     refs = analysis.references_for(identity)
     if not refs:
         return None
-    crops = align_references([r.load_crop() for r in refs], np.stack([r.crop_kps5 for r in refs]), template, size)
     weights = torch.tensor([r.reference.reliability for r in refs], dtype=torch.float32)
     sources = tuple(f"frame {r.reference.frame_index}" if r.reference.frame_index >= 0 else str(r.reference.source)
                     for r in refs)
-    return TrackReferences(crops, weights, sources)
+    return make_references([r.load_crop() for r in refs], np.stack([r.crop_kps5 for r in refs]), template, size,
+                           weights, sources)
 
 
 def photo_references(folder: str | os.PathLike, template: str, size: int, detector=None) -> TrackReferences:
@@ -244,6 +254,7 @@ def photo_references(folder: str | os.PathLike, template: str, size: int, detect
     import cv2
 
     from iconface_video.faces.detect import load_detector
+    from iconface_video.imageio import imread
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -254,7 +265,7 @@ def photo_references(folder: str | os.PathLike, template: str, size: int, detect
     detector = detector or load_detector("auto")
     images, points, sources = [], [], []
     for path in paths:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        bgr = imread(path, cv2.IMREAD_COLOR)
         if bgr is None:
             raise UserError(f"--refs: {path} is not a readable image")
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -267,9 +278,8 @@ def photo_references(folder: str | os.PathLike, template: str, size: int, detect
         sources.append(str(path))
     if not images:
         raise UserError(f"--refs: no face found in any photo of {folder}")
-    crops = align_references(images, np.stack(points), template, size)
     # A photo the user chose is a trusted witness of the identity.
-    return TrackReferences(crops, torch.ones(len(images)), tuple(sources))
+    return make_references(images, np.stack(points), template, size, torch.ones(len(images)), tuple(sources))
 
 
 def identity_references(analysis: Analysis, options: RenderOptions, template: str, size: int,
@@ -294,7 +304,8 @@ def identity_references(analysis: Analysis, options: RenderOptions, template: st
         held = by_identity.get(identity)
         if held is not None:
             photos = TrackReferences(torch.cat([photos.crops, held.crops]), torch.cat([photos.weights, held.weights]),
-                                     photos.sources + held.sources)
+                                     photos.sources + held.sources,
+                                     id_crops=np.concatenate([photos.id_crops, held.id_crops]))
         by_identity[identity] = photos
     return by_identity
 
@@ -424,8 +435,8 @@ def prepare_render(
     tracks, left_out = select_tracks(analysis.tracks, analysis.identities, options.identities)
     temporal = TemporalSettings.from_strength(options.temporal)
     plan = plan_faces(tracks, crop_size=restorer.crop_size, template_name=restorer.template, temporal=temporal,
-                      start=start, end=end, min_eye_px=options.min_eye_px, skipped_identity=left_out,
-                      identity_names=names)
+                      sides=(restorer.min_side, restorer.max_side), side_step=restorer.stride, start=start, end=end,
+                      min_eye_px=options.min_eye_px, skipped_identity=left_out, identity_names=names)
     by_identity = identity_references(analysis, options, restorer.template, restorer.ref_size, detector)
     mask_kind = "given"
     if mask is None:
@@ -443,17 +454,48 @@ def prepare_render(
     segment_starts = tuple(r[0] for r in segment_ranges(info.frame_count, options.segment_frames, boundaries))
     settings = JobSettings(encode=options.encode_settings(), overwrite=options.overwrite,
                            process_key=_process_key(analysis, analysis_path, options, restorer),
-                           boundaries=boundaries)
+                           boundaries=boundaries, side_by_side=options.preview,
+                           # damage outside the restored range only repeats a frame there
+                           changed_range=(start, end if end is not None else info.frame_count))
     return PreparedRender(analysis, analysis_path, input_path, output_path, info, settings, segment_starts, fields,
                           device, restorer, mask, plan, by_identity, names, report_base, timings)
 
 
-def frame_process(prepared: PreparedRender, options: RenderOptions) -> tuple[FaceEngine, StillCollector, FrameProcess]:
+def load_guard_embedder(device: torch.device | str = "cpu", models_dir: str | os.PathLike | None = None) -> EmbedFn:
+    """The identity guard's features: the pipeline's dlib embedder on ``device`` (ArcFace-112
+    uint8 crops in, ``float32[N, 128]`` out)."""
+    from iconface_video.errors import MissingModelError
+    from iconface_video.faces.embed import load_embedder
+
+    try:
+        return load_embedder("dlib", models_dir, device=str(device)).embed_aligned112
+    except MissingModelError as error:
+        raise MissingModelError(f"{error}; or turn the identity guard off with --identity-guard 0") from None
+
+
+def identity_guard(prepared: PreparedRender, options: RenderOptions,
+                   embed: EmbedFn | None = None) -> IdentityGuard | None:
+    """The render's identity guard (None when ``options`` turn it off): each track's anchor from
+    its identity's references, computed once per identity."""
+    if options.identity_guard <= 0 or options.strength <= 0:
+        return None
+    embed = embed or load_guard_embedder(prepared.device)
+    restorer = prepared.restorer
+    by_identity = {i: reference_anchor(embed, r.id_crops, r.weights.numpy()) for i, r in prepared.by_identity.items()}
+    anchors = {t.id: by_identity[t.identity] for t in prepared.analysis.tracks
+               if by_identity.get(t.identity) is not None}
+    return IdentityGuard(embed, anchors, lambda side: side_template(restorer.template, restorer.crop_size, side),
+                         options.identity_guard, options.strength)
+
+
+def frame_process(prepared: PreparedRender, options: RenderOptions,
+                  embed: EmbedFn | None = None) -> tuple[FaceEngine, StillCollector, FrameProcess]:
     """The render's frame transform (and its engine and stills, for the report).
 
-    ``process`` may be called on any run of whole segments (frames from a segment start on),
-    one call per run: all state restarts at segment starts, so the frames equal a whole-file
-    render's. Different processes may render different segments of one file this way.
+    ``embed`` replaces the identity guard's embedder (``load_guard_embedder``), e.g. one already
+    loaded. ``process`` may be called on any run of whole segments (frames from a segment start
+    on), one call per run: all state restarts at segment starts, so the frames equal a
+    whole-file render's. Different processes may render different segments of one file this way.
     """
     restorer = prepared.restorer
     stills = StillCollector(prepared.names)
@@ -463,7 +505,7 @@ def frame_process(prepared: PreparedRender, options: RenderOptions) -> tuple[Fac
                                           {i: with_features(r, restorer) for i, r in prepared.by_identity.items()}),
                       seed=options.seed, steps=options.steps),
         prepared.mask,
-        crop_size=restorer.crop_size,
+        guard=identity_guard(prepared, options, embed),
         strength=options.strength,
         temporal=TemporalSettings.from_strength(options.temporal),
         device=prepared.device,
@@ -492,16 +534,18 @@ def render_video(
     restorer=None,
     mask: MaskFn | None = None,
     detector=None,
+    embed: EmbedFn | None = None,
 ) -> RenderReport:
     """Restore the faces of ``analysis``'s tracks in ``input_path``; write ``output_path``.
 
     ``analysis`` is an ``Analysis`` or the path of an analysis file; ``input_path`` None means
     the video the analysis names; ``output_path`` None means ``VIDEO.restored.<ext>`` (or
     ``VIDEO.preview.<ext>`` with ``preview``). ``restorer`` (a ``core.restorer.Restorer``),
-    ``mask`` and ``detector`` (for ``--refs`` photos) replace the defaults (tests, the batch
-    runner sharing one loaded model). An interrupted render resumes when run again with the
-    same options. Returns the report, also written into the analysis file (``render``) and, with
-    ``options.html``, as an HTML page beside the output.
+    ``mask``, ``detector`` (for ``--refs`` photos) and ``embed`` (the identity guard's
+    ``embed_aligned112``) replace the defaults (tests, the batch runner sharing one loaded model).
+    An interrupted render resumes when run again with the same options. Returns the report, also
+    written into the analysis file (``render``) and, with ``options.html``, as an HTML page beside
+    the output.
     """
     from iconface_video.pipeline import run_job
 
@@ -514,14 +558,14 @@ def render_video(
         timings["total"] = time.perf_counter() - started
         return RenderReport.build(**prepared.report_base, timings=timings, dry_run=True)
 
-    engine, stills, process = frame_process(prepared, options)
-    job = _run_side_by_side_job if options.preview else run_job
-    result = job(prepared.input_path, prepared.output_path, prepared.settings, process=process, progress=progress)
+    engine, stills, process = frame_process(prepared, options, embed)
+    result = run_job(prepared.input_path, prepared.output_path, prepared.settings, process=process, progress=progress)
     timings.update({f"job_{k}": v for k, v in result.timings.items()})
     timings.update(engine.times.as_dict())
     timings["total"] = time.perf_counter() - started
     report = RenderReport.build(**prepared.report_base, timings=timings, dry_run=False,
                                 resumed_frames=result.resumed_frames, stats=engine.times, stills=stills,
+                                guard=engine.guard.stats if engine.guard is not None else None,
                                 warnings=result.warnings,
                                 sheets=_contact_sheets(prepared.analysis, prepared.names) if options.html else {})
     report.save(prepared.analysis_path, prepared.output_path, html=options.html)
@@ -543,44 +587,9 @@ def _contact_sheets(analysis: Analysis, names: dict[int, str]) -> dict:
     return sheets
 
 
-def _run_side_by_side_job(input_path: Path, output_path: Path, settings, process, progress: Progress):
-    """``run_job`` for frames twice the source's width (``--preview``: input | restored).
-
-    The same segmented, resumable encode as ``run_job``, with the encoder's width doubled.
-    """
-    from iconface_video.io.reader import read_frames
-    from iconface_video.io.transcode import (
-        contiguous_runs,
-        encode_stream,
-        finish,
-        make_plan,
-    )
-    from iconface_video.pipeline import JobResult, check_paths
-
-    started = time.perf_counter()
-    info = probe(input_path)
-    check_paths(input_path, output_path, settings.overwrite)
-    plan = make_plan(input_path, output_path, settings.encode, info, settings.boundaries, settings.process_key)
-    plan = dataclasses.replace(plan, encoding=dataclasses.replace(plan.encoding, width=2 * plan.encoding.width))
-    pending = plan.pending()
-    done = plan.frame_count - sum(plan.ranges[i][1] - plan.ranges[i][0] for i in pending)
-    with progress.stage("encode", total=plan.frame_count, initial=done) as bar:
-        for run in contiguous_runs(pending):
-            start, end = plan.ranges[run[0]][0], plan.ranges[run[-1]][1]
-
-            def counted(frames):
-                for frame in frames:
-                    bar.update(1)
-                    yield frame
-
-            for _ in encode_stream(plan, run, counted(process(read_frames(input_path, start, end)))):
-                pass
-    warnings = finish(plan, overwrite=settings.overwrite, info=info)
-    return JobResult(output_path, plan.frame_count, {"total": time.perf_counter() - started}, done, tuple(warnings))
-
-
 def _describe(restorer) -> str:
     config = getattr(restorer, "config", None)
     name = getattr(config, "name", type(restorer).__name__)
     source = getattr(restorer, "checkpoint", None) or "in-memory"
-    return f"{name} crop {restorer.crop_size} ({restorer.template}) from {source}"
+    return (f"{name} crop {restorer.crop_size}, sides {restorer.min_side}-{restorer.max_side} ({restorer.template}) "
+            f"from {source}")

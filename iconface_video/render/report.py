@@ -17,7 +17,9 @@ import cv2
 import numpy as np
 
 from iconface_video.faces.align import invert_affine, transform_points
+from iconface_video.imageio import imencode
 from iconface_video.render.engine import StageTimes
+from iconface_video.render.guard import TrackGuardStats
 from iconface_video.render.plan import FaceJob, RenderPlan
 from iconface_video.types import Identity
 
@@ -61,13 +63,20 @@ def _png_data(image: np.ndarray, side: int = _STILL_SIDE) -> str:
     if scale != 1:
         image = cv2.resize(image, (max(1, round(width * scale)), max(1, round(height * scale))),
                            interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
-    _, data = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return "data:image/png;base64," + base64.b64encode(data.tobytes()).decode()
+    data = imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return "data:image/png;base64," + base64.b64encode(data).decode()
 
 
 @dataclass(frozen=True)
 class RenderReport:
-    """The outcome of one render (or, with ``dry_run``, of its plan)."""
+    """The outcome of one render (or, with ``dry_run``, of its plan).
+
+    ``tracks`` has one entry per restored track: ``track``, ``identity`` (the person's label),
+    ``side`` (the crop side it was restored at), ``faces`` (planned), and the identity guard's
+    ``faces_checked``, ``guard_acted`` and mean similarities to the track's anchor of the
+    degraded (``similarity_before``), fully restored (``similarity_restored``) and pasted
+    (``similarity_after``) crops (None where the guard was off or nothing ran).
+    """
 
     input: str
     output: str
@@ -93,6 +102,7 @@ class RenderReport:
     dry_run: bool
     resumed_frames: int = 0
     grey_faces: int = 0
+    tracks: tuple[dict, ...] = ()
     warnings: tuple[str, ...] = ()
     html: str | None = None
     stills: dict = field(default_factory=dict, compare=False, repr=False)
@@ -100,8 +110,15 @@ class RenderReport:
 
     @classmethod
     def build(cls, *, plan: RenderPlan, stats: StageTimes | None = None, stills: StillCollector | None = None,
-              **fields) -> RenderReport:
+              guard: dict[int, TrackGuardStats] | None = None, **fields) -> RenderReport:
+        guard = guard or {}
+        tracks = tuple(
+            {"track": track, "identity": plan.labels.get(track), "side": plan.sides[track],
+             "faces": plan.faces_per_track.get(track, 0), **guard.get(track, TrackGuardStats()).as_dict()}
+            for track in plan.tracks
+        )
         return cls(
+            tracks=tracks,
             faces_restored=stats.faces if stats else plan.n_faces,
             frames_with_faces=len(plan.jobs),
             faces_per_identity=plan.faces_per_identity,
@@ -118,6 +135,7 @@ class RenderReport:
     def to_json(self) -> dict:
         data = {k: v for k, v in self.__dict__.items() if k not in ("stills", "sheets")}
         data["range"] = list(self.range)
+        data["tracks"] = [dict(t) for t in self.tracks]
         data["warnings"] = list(self.warnings)
         data["timings"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.timings.items()}
         return data
@@ -143,16 +161,40 @@ class RenderReport:
             lines.append("references: none (--no-refs)")
         if self.interlaced:
             lines.append("the source is interlaced and was deinterlaced (yadif)")
+        lines.extend(self._track_lines())
         if self.grey_faces:
             lines.append(f"{self.grey_faces} faces in black-and-white kept black-and-white")
         if self.resumed_frames:
             lines.append(f"resumed: {self.resumed_frames} frames were already done")
-        stages = ("decode", "align", "restore", "blend", "encode")
+        stages = ("decode", "align", "restore", "guard", "blend", "encode")
         timed = ", ".join(f"{k} {self.timings[k]:.1f} s" for k in stages if k in self.timings)
         lines.append(f"{self.timings.get('total', 0.0):.1f} s on {self.device}" + (f" ({timed})" if timed else ""))
         if not self.dry_run:
             lines.append(f"wrote {self.output}" + (f"; report {self.html}" if self.html else ""))
         return "\n".join(lines)
+
+    def _track_lines(self) -> list[str]:
+        """Crop sides per track and what the identity guard did."""
+        if not self.tracks:
+            return []
+        by_side: dict[int, list[str]] = {}
+        for t in self.tracks:
+            by_side.setdefault(t["side"], []).append(str(t["track"]))
+        lines = ["crop side: " + "; ".join(f"{side} px (track{'s' if len(ids) > 1 else ''} {', '.join(ids)})"
+                                          for side, ids in sorted(by_side.items(), reverse=True))]
+        checked = [t for t in self.tracks if t["faces_checked"]]
+        if checked:
+            faces = sum(t["faces_checked"] for t in checked)
+            acted = sum(t["guard_acted"] for t in checked)
+
+            def mean(key: str) -> float:
+                return sum(t[key] * t["faces_checked"] for t in checked) / faces
+
+            where = ", ".join(f"track {t['track']} {t['guard_acted']}" for t in checked if t["guard_acted"])
+            lines.append(f"identity guard: acted on {acted} of {faces} faces{' (' + where + ')' if where else ''}; "
+                         f"similarity to the identity anchor {mean('similarity_before'):.3f} before, "
+                         f"{mean('similarity_restored'):.3f} restored, {mean('similarity_after'):.3f} pasted")
+        return lines
 
     # -- saving -------------------------------------------------------------------------------
 
@@ -187,15 +229,32 @@ class RenderReport:
                 f"<p>references given to the core:</p><ul>{ref_list}</ul>{sheet_html}</section>"
             )
         summary = "".join(f"<p>{esc(line)}</p>" for line in self.summary().splitlines())
+        summary += self._tracks_table()
         return (
             "<!doctype html><html><head><meta charset=utf-8><title>iconface-video render report</title>"
             "<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}"
             ".pair{display:flex;gap:1em}.pair img{width:256px}img.sheet{max-width:100%}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
             "pre{background:#f4f4f4;padding:1em;overflow:auto}</style></head><body>"
             f"<h1>{esc(Path(self.output).name)}</h1>{summary}{''.join(rows)}"
             f"<h2>settings and timings</h2><pre>{esc(json.dumps(self.to_json(), indent=2, default=str))}</pre>"
             "</body></html>"
         )
+
+
+    def _tracks_table(self) -> str:
+        """Per track: person, crop side, faces, and the identity guard's counts and similarities."""
+        if not self.tracks:
+            return ""
+        heads = ("track", "person", "crop side", "faces", "guard checked", "guard acted",
+                 "similarity before", "restored", "pasted")
+        keys = ("track", "identity", "side", "faces", "faces_checked", "guard_acted", "similarity_before",
+                "similarity_restored", "similarity_after")
+        cell = (lambda v: "–" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v)))
+        rows = "".join("<tr>" + "".join(f"<td>{cell(t[k])}</td>" for k in keys) + "</tr>" for t in self.tracks)
+        return ("<h2>tracks</h2><p>similarity: cosine of identity features to the track's anchor (its references, "
+                "or the degraded face itself without references)</p><table><tr>"
+                + "".join(f"<th>{h}</th>" for h in heads) + f"</tr>{rows}</table>")
 
 
 def write_render_section(analysis_path: Path, section: dict) -> None:

@@ -24,12 +24,26 @@ class TrackReferences:
     """A track's references for the core: ``crops`` ``float32[K, 3, r, r]`` aligned to the core's
     template at its reference size, ``weights`` ``float32[K]`` reliabilities (0 = invalid),
     ``sources`` a short description of each (``"frame 120"`` or a photo path) for the report;
-    ``features`` ``float32[K, D]`` their identity features when computed ahead (``with_features``)."""
+    ``features`` ``float32[K, D]`` their identity features when computed ahead (``with_features``);
+    ``id_crops`` ``uint8[K, 112, 112, 3]`` the same faces ArcFace-aligned at 112 from the full
+    pictures (the identity guard's anchor: a reference crop at the core's small reference size
+    would blur the identity features)."""
 
     crops: torch.Tensor
     weights: torch.Tensor
     sources: tuple[str, ...]
     features: torch.Tensor | None = None
+    id_crops: np.ndarray | None = None
+
+
+def make_references(images: list[np.ndarray], kps5: np.ndarray, template: str, size: int, weights: torch.Tensor,
+                    sources: tuple[str, ...]) -> TrackReferences:
+    """References for the core (``template`` at ``size``) and for the identity guard (ArcFace 112)
+    from loose RGB ``uint8`` pictures and their ``kps5`` ``float[K, 5, 2]``."""
+    from iconface_video.faces.align import tensor_to_images
+
+    id_crops = tensor_to_images(align_references(images, kps5, "arcface", 112))
+    return TrackReferences(align_references(images, kps5, template, size), weights, sources, id_crops=id_crops)
 
 
 def align_references(images: list[np.ndarray], kps5: np.ndarray, template: str, size: int) -> torch.Tensor:

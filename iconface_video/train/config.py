@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from iconface_video.config_files import read_config_file
 from iconface_video.errors import UserError
 
 TRAIN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "train"
@@ -21,7 +20,7 @@ FACES112_HOLDOUT = ("Daniel_Radcliffe", "Jessica_Alba", "Keanu_Reeves", "Victori
 class TrainConfig:
     """Everything that decides a training run besides the data folder (saved beside its outputs)."""
 
-    core: str = "tiny"  # core preset name (configs/core/) or a core YAML path (relative: to this file's folder)
+    core: str = "cpu"  # core preset name (configs/core/) or a core YAML path (relative: to this file's folder)
     seed: int = 0
     steps: int = 1000
     batch_size: int = 8  # per process
@@ -47,8 +46,17 @@ class TrainConfig:
     p_anchor_drop: float = 0.10
     p_tokens_drop: float = 0.10
     p_invalid: float = 0.15
-    id_loss_weight: float = 0.1  # only where the identity encoder is differentiable
+    p_t_max: float = 0.5  # share of samples trained at the sampler's one-step time t_max (the shipped output)
+    l1_loss_weight: float = 1.0
+    grad_loss_weight: float = 0.5
+    id_loss_weight: float = 0.1  # identity terms use the PyTorch dlib network (faces/dlib_resnet.py)
+    feat_loss_weight: float = 0.0
     ref_loss_weight: float = 0.05
+    ref_margin: float = 0.9  # hinge on cos(E(x̂0), anchor): dlib descriptors of one person sit near 0.9
+    hr_data: str = ""  # a second identity set of large crops (e.g. 256 px), trained at hr_side
+    hr_side: int = 256
+    hr_every: int = 0  # every hr_every-th step is an hr_data step at batch max(1, batch_size // 4) (0: never)
+    device_data: str = ""  # a packed face file (scripts/pack_faces.py): batches made on the device
     features: str = "auto"  # "auto": compute/cache id features when the core needs them; or a .npz path
     ref_pool: int = 0  # references drawn from this many images per person (0: all); bounds feature cost
     min_gap: int = 0  # video-crop sets: references at least this many frames from the target
@@ -85,15 +93,13 @@ class TrainConfig:
 
 
 def load_train_config(path_or_name: str | Path) -> TrainConfig:
-    """A YAML file, or a name in ``configs/train/`` (``tiny-cpu``, ``s256-gpu``)."""
+    """A YAML file, or a name in ``configs/train/`` (``cpu``, ``gpu-window``)."""
     path = Path(path_or_name)
     if not path.suffix:
         path = TRAIN_CONFIG_DIR / f"{path_or_name}.yaml"
     if not path.is_file():
-        raise UserError(f"training config not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: a training config is a YAML mapping")
+        raise UserError(f"training config not found: {path}; give a YAML file or a name in {TRAIN_CONFIG_DIR}")
+    data = read_config_file(path)
     core = Path(str(data.get("core", "")))
     if core.suffix and not core.is_absolute() and (path.parent / core).is_file():
         data["core"] = str((path.parent / core).resolve())  # a core YAML beside the training YAML

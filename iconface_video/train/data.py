@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from iconface_video.errors import UserError
+from iconface_video.imageio import imread, imwrite
 from iconface_video.train import degrade as D
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -108,7 +109,7 @@ def _check_square_size(paths: Sequence[Sequence[Path]], probe: int = 3) -> int:
     sizes = set()
     for ps in paths:
         for p in ps[:probe]:
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            img = imread(p)
             if img is None:
                 raise UserError(f"{p}: cannot be read as an image")
             sizes.add(img.shape[:2])
@@ -141,7 +142,7 @@ def align_photo_folder(src: str | Path, dst: Path, *, template: str = "arcface",
             out = dst / person.name / f"{photo.stem}.png"
             if out.is_file():
                 continue
-            bgr = cv2.imread(str(photo), cv2.IMREAD_COLOR)
+            bgr = imread(photo)
             if bgr is None:
                 raise UserError(f"{photo}: cannot be read as an image")
             rgb = np.ascontiguousarray(bgr[..., ::-1])
@@ -152,7 +153,7 @@ def align_photo_folder(src: str | Path, dst: Path, *, template: str = "arcface",
             best = max(faces, key=lambda f: f.score)
             crop, _ = align.align_crops(rgb, best.kps5[None], template, size)
             out.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(out), crop[0][..., ::-1])
+            imwrite(out, crop[0][..., ::-1])
     return scan_identities(dst, template=template)
 
 
@@ -178,7 +179,7 @@ def template_warp(src_template: str, src_size: int, dst_template: str, dst_size:
 
 def load_crop(path: Path, warp: np.ndarray | None, size: int) -> np.ndarray:
     """``float32[size, size, 3]`` RGB in [0, 1] from an aligned crop on disk."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    img = imread(path)
     if img is None:
         raise UserError(f"{path}: cannot be read as an image")
     img = img[..., ::-1]
@@ -383,7 +384,7 @@ def export_track_crops(frames: Iterable, tracks: Sequence, out_dir: Path, *, siz
             crop, _ = align.align_crops(frame.image, kps[None], template, size)
             folder = out_dir / group
             folder.mkdir(exist_ok=True)
-            cv2.imwrite(str(folder / f"{frame.index:06d}.png"), crop[0][..., ::-1])
+            imwrite(folder / f"{frame.index:06d}.png", crop[0][..., ::-1])
     return scan_identities(out_dir, template=template, video_frames=True)
 
 

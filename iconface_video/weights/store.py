@@ -16,10 +16,11 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from iconface_video.errors import BadWeightsError, MissingModelError
+from iconface_video.errors import BadWeightsError, MissingModelError, OutputError
 from iconface_video.weights.catalogue import Model, ModelFile, get_model
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -180,6 +181,46 @@ def download(file: ModelFile, target: Path, timeout: float = 60.0) -> str:
         f"could not download {file.name}: {'; '.join(failures)}; check the network, or download it "
         f"elsewhere and put it at {target}"
     )
+
+
+def derive(model: Model | str, make: Callable[[Path], None], models_dir: str | Path | None = None) -> Path:
+    """The first existing copy of a derived model's one file (one converted from another model's
+    weights, ``Model.derived_from``); when there is none, ``make(path)`` writes it.
+
+    The new file goes to a temporary name beside ``install_path``, must match the catalogue's size
+    and SHA-256 (the conversion is deterministic), and is then renamed into place, so concurrent
+    runs and interrupted ones never leave a partial file. ``make`` raises ``MissingModelError``
+    or ``BadWeightsError`` when the source is missing or unusable; an unwritable folder raises
+    ``OutputError``.
+    """
+    model = get_model(model) if isinstance(model, str) else model
+    (file,) = model.files
+    for path in candidate_paths(model, file, models_dir):
+        if path.is_file():
+            return path
+    target = install_path(model, file, models_dir)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(prefix=f".{file.name}.", suffix=".part", dir=target.parent)
+        os.close(handle)
+    except OSError as error:
+        raise OutputError(
+            f"cannot write {target} ({error.strerror or error}); pass --models-dir or set $ICONFACE_MODELS "
+            f"to a writable folder (it is converted from {model.derived_from} there once)"
+        ) from None
+    tmp = Path(tmp_name)
+    try:
+        make(tmp)
+        size, digest = tmp.stat().st_size, sha256_of(tmp)
+        if (file.size is not None and size != file.size) or (file.sha256 is not None and digest != file.sha256):
+            raise BadWeightsError(
+                f"{file.name} converted from {model.derived_from}: size {size}, sha256 {digest}, expected "
+                f"{file.size}, {file.sha256}; check the installed {model.derived_from} files (`iconface-video models verify`)"
+            )
+        tmp.replace(target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
 
 
 def fetch(model: Model, models_dir: str | Path | None = None) -> list[Path]:
