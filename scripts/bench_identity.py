@@ -18,8 +18,6 @@ for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import platform  # noqa: E402
 import random  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -29,18 +27,9 @@ from iconface_video.faces.dlib_resnet import DAT_FILE, load_dlib_resnet  # noqa:
 from iconface_video.faces.embed import DLIB_TEMPLATE_150, arcface112_to, cosine, roc_auc  # noqa: E402
 from iconface_video.imageio import imread  # noqa: E402
 from iconface_video.weights import find_model_file  # noqa: E402
+from bench_faces import timed  # noqa: E402  (scripts/ is on the path when a script runs)
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

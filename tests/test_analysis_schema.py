@@ -175,7 +175,8 @@ def test_several_problems_are_all_listed(tmp_path):
     with pytest.raises(AnalysisFileError) as caught:
         _edit(tmp_path, two)
     text = str(caught.value)
-    assert "(2 problems)" in text and "identity 7" in text and "identity 8" in text
+    assert "(2 problems:" in text and "identity 7" in text and "identity 8" in text
+    assert "\n" not in text and "iconface-video analyze" in text  # one line that says what to do
 
 
 def test_not_json_and_missing_file_are_one_line_errors(tmp_path):

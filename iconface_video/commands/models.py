@@ -30,7 +30,7 @@ def list_models(models_dir: Path | None) -> None:
         present = is_present(model, models_dir)
         where = str(find_model_file(model, model.files[0].name, models_dir).parent) if present else "-"
         commercial = "commercial use OK" if model.commercial_use else "NON-COMMERCIAL"
-        origin = "embedded" if model.embedded else "download"
+        origin = "embedded" if model.embedded else "converted" if model.derived_from else "download"
         click.echo(f"{model.name:14} {model.kind:17} {'present' if present else 'missing':8} {origin:8} {commercial:17} {where}")
         click.echo(f"{'':14} {model.description}; licence: {model.licence}")
 
