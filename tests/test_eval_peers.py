@@ -10,7 +10,7 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from test_train_data import make_identity_folder
+from train_fixtures import make_identity_folder
 
 from iconface_video.cli import main
 from iconface_video.train.evaluate import available_peers, psnr, realesrgan_peer

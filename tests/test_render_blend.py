@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from test_render_fixtures import (
+from render_fixtures import (
     ellipse_mask,
     face_points,
     identity_restore,

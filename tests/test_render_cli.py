@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_render_fixtures import (
+from render_fixtures import (
     make_analysis,
     textured_frames,
     tiny_restorer,

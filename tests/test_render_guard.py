@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_render_fixtures import IdentityRestorer, ellipse_mask
+from render_fixtures import IdentityRestorer, ellipse_mask
 
 from iconface_video.analysis.schema import VERSION, Analysis, HarvestedReference
 from iconface_video.core.restorer import RestoreOutput

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_render_fixtures import (
+from render_fixtures import (
     ellipse_mask,
     make_analysis,
     textured_frames,

@@ -14,7 +14,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
-from test_render_fixtures import IdentityRestorer, ellipse_mask, face_points, textured_frames, write_clip
+from render_fixtures import IdentityRestorer, ellipse_mask, face_points, textured_frames, write_clip
 
 from iconface_video.analysis.schema import VERSION, Analysis
 from iconface_video.faces.align import fit_similarity

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_render_fixtures import moving_track
+from render_fixtures import moving_track
 
 from iconface_video.render.temporal import (
     TemporalSettings,

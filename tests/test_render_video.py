@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 import torch
-from test_render_fixtures import (
+from render_fixtures import (
     IdentityRestorer,
     ellipse_mask,
     make_analysis,

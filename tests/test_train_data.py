@@ -10,6 +10,8 @@ import pytest
 
 from iconface_video.errors import UserError
 from iconface_video.train import degrade as D
+from train_fixtures import make_identity_folder
+
 from iconface_video.train.data import (
     FaceSampler,
     RefSchedule,
@@ -19,18 +21,6 @@ from iconface_video.train.data import (
     scan_identities,
     split_identities,
 )
-
-
-def make_identity_folder(root: Path, people: int = 3, per_person: int = 5, size: int = 32) -> Path:
-    """Random square crops in ``root/<person>/<n>.png``; each person has its own mean colour."""
-    rng = np.random.default_rng(0)
-    for p in range(people):
-        folder = root / f"person{p}"
-        folder.mkdir(parents=True)
-        for i in range(per_person):
-            img = np.clip(rng.normal(60 + 60 * p, 30, (size, size, 3)), 0, 255).astype(np.uint8)
-            cv2.imwrite(str(folder / f"{i:03d}.png"), img)
-    return root
 
 
 def test_pick_references_never_returns_the_target():

@@ -8,8 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_train_data import make_identity_folder
-from test_train_trainer import MICRO_CORE
+from train_fixtures import MICRO_CORE, make_identity_folder
 
 from iconface_video.cli import main
 from iconface_video.imageio import imread

@@ -16,18 +16,12 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from test_train_data import make_identity_folder
+from train_fixtures import MICRO_CORE, make_identity_folder
 
 from iconface_video.errors import UserError
 from iconface_video.train.config import TrainConfig, load_train_config
 from iconface_video.train.trainer import lr_at, read_log, train
 
-MICRO_CORE = {
-    "version": 2, "name": "micro", "crop_size": 32, "ref_size": 16, "min_side": 16, "max_side": 64,
-    "enc_channels": [8, 8], "enc_blocks": [1, 1], "dec_blocks": [1, 1], "template": "arcface",
-    "dim": 32, "heads": 2, "n_dual": 1, "n_single": 1, "mlp_ratio": 2, "lora_r": 4, "struct_r": 4,
-    "id_encoder": "proxy", "id_dim": 16,
-}
 
 
 @pytest.fixture()
