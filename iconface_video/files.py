@@ -4,16 +4,17 @@ never, and every name a job derives from its output must fit the file system."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from iconface_video.errors import OutputError
 
 # The longest name a job derives from its output's name adds this many bytes to it (the
 # work folder ``.OUT.iconface-work-<16 hex>``, and the temporary copy of the analysis
-# checkpoint ``.OUT-stem.iconface.json.partial.<8 random>.tmp``), with a little to spare.
+# checkpoint ``.OUT-stem.iconface.json.<8 random>.tmp.partial``), with a little to spare.
 DERIVED_NAME_BYTES = 40
 # Most file systems (ext4, XFS, btrfs, APFS, NTFS in UTF-16 units) allow 255 bytes per name.
 NAME_MAX = 255
@@ -30,33 +31,64 @@ def write_text_atomic(text: str, path: str | os.PathLike) -> None:
 
 
 def write_bytes_atomic(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place.
+    """Write ``data`` to ``path`` through ``atomic_path``, synced to disk before the rename.
 
-    A reader sees the old file or the new one, never half of one. The file gets ordinary
-    permissions (0666 less the umask): ``mkstemp`` makes it private, but reports and manifests
-    are for every user of the folder. A failure (a full disk included) is a one-line
-    ``OutputError`` and leaves nothing behind.
+    A reader sees the old file or the new one, never half of one. A failure (a full disk
+    included) is a one-line ``OutputError`` and leaves nothing behind.
     """
     path = Path(path)
-    folder = path.parent
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:NAME_MAX - 32]}.", suffix=".tmp", dir=folder)
-    except OSError as error:
-        raise OutputError(f"{folder}: cannot write there ({error.strerror})") from None
-    try:
-        if hasattr(os, "fchmod"):
-            os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as out:
+        with atomic_path(path) as tmp, open(tmp, "wb") as out:
             out.write(data)
             out.flush()
             os.fsync(out.fileno())
-        os.replace(tmp, path)
     except OSError as error:
-        Path(tmp).unlink(missing_ok=True)
         raise OutputError(f"{path}: could not be written ({error.strerror}); free space or choose another folder") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    The one way this project writes a file (text, media, weights, plots): a reader sees the old
+    file or the new one, never half of one, and on any error (or Ctrl-C) the temporary file is
+    removed and whatever was at ``path`` is untouched. The temporary name keeps the extension,
+    so writers that pick a format from the name (FFmpeg's muxers, image encoders) pick the right
+    one; it is as long as ``.<name>.<8 random>.tmp``. The file gets ordinary permissions (0666
+    less the umask): ``mkstemp`` makes it private, but outputs, reports and manifests are for
+    every user of the folder. Errors raised inside the block pass through unchanged.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: already exists; pass --overwrite to replace it")
+    stem = path.stem[:max(1, NAME_MAX - 32 - len(path.suffix))]
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    except OSError as error:
+        raise OutputError(f"{path.parent}: cannot write there ({error.strerror})") from None
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        # After the writer, not before: some (safetensors) replace the file with a private one.
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_output_folder(path: str | os.PathLike) -> None:
+    """Raise ``OutputError`` unless a file can be created in ``path``'s folder."""
+    folder = Path(path).parent
+    if not folder.exists():
+        raise OutputError(f"{folder}: output folder does not exist")
+    if not folder.is_dir():
+        raise OutputError(f"{folder}: is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OutputError(f"{folder}: cannot write to the output folder ({error.strerror})") from None
 
 
 def check_new_file(path: str | os.PathLike, *, overwrite: bool, inputs: Iterable[str | os.PathLike] = (),

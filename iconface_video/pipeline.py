@@ -1,200 +1,31 @@
-"""One job: one input video in, one output video out.
+"""The main command's whole job: analyse a video, then render it (``restore_file``).
 
-``run_job`` is decode -> (optional ``process``) -> encode -> mux; restoration plugs in as
-``process``: a function from an iterator of ``Frame`` to an iterator of ``Frame`` with the same
-count, order and pts, looking ahead a bounded number of frames. ``restore_file`` is the whole
-job of the main command: analysis, then a render that runs through ``run_job``.
-
-Encoding is segmented and resumable (``iconface_video.io.transcode``): after a crash or Ctrl-C,
-rerunning the same command skips the finished segments. On resume ``process`` is called with
-frames starting at the first unfinished segment, so a process whose state resets at segment
-starts (pass shot starts as ``JobSettings.boundaries``) gives the same output as a run that
-never stopped.
+The analysis file is kept beside the output (``OUT.iconface.json``) so a user can inspect it,
+edit it and re-render; ``batch.split`` reuses ``analyze_for_render`` and ``analysis_path_for``
+to analyse once and render a file's segments in separate tasks.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import shutil
-import socket
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-from iconface_video.errors import InputError, OutputError
-from iconface_video.files import check_name_fits, check_new_file
+from iconface_video.analysis.schema import Analysis
+from iconface_video.analysis.settings import AnalyzeSettings
+from iconface_video.analysis.video import analyze_video
+from iconface_video.core.restorer import Restorer
+from iconface_video.faces.detect import Detector
+from iconface_video.faces.embed import Embedder
 from iconface_video.io.probe import VideoInfo, check_video, probe
-from iconface_video.io.reader import read_frames
-from iconface_video.io.transcode import FrameProcess, contiguous_runs, encode_stream, finish, make_plan
-from iconface_video.io.writer import (
-    EncodeSettings,
-    check_container,
-    check_copyable,
-    check_output_folder,
-    resolve_encoding,
-    video_codec_for,
-)
+from iconface_video.io.encoding import resolve_encoding
+from iconface_video.job import check_paths, output_lock
 from iconface_video.progress import Progress
-from iconface_video.types import Frame
-
-
-@dataclass(frozen=True)
-class JobSettings:
-    """Everything that decides a job's output besides the input and ``process``.
-
-    ``process_key`` names the frame transform (model, strength, analysis file hash ...); it is
-    part of the work folder's name, so segments made by a different transform are never reused.
-    ``boundaries`` are frame indices where a segment must start (shot starts).
-    ``changed_range``: the ``[start, end)`` frames ``process`` may change; a frame outside it that
-    cannot be decoded (damage) repeats the frame before it, with a warning, instead of stopping
-    the job. None: the whole video, so any damage stops the job with a one-line error.
-    ``side_by_side``: ``process`` returns frames twice the source's width (``--preview``: input |
-    restored), so the encoder's width is doubled.
-    """
-
-    encode: EncodeSettings = field(default_factory=EncodeSettings)
-    overwrite: bool = False
-    process_key: str = ""
-    boundaries: tuple[int, ...] = ()
-    changed_range: tuple[int, int] | None = None
-    side_by_side: bool = False
-
-
-@dataclass(frozen=True)
-class JobResult:
-    """What a finished job produced; ``timings`` are seconds per stage."""
-
-    output_path: Path
-    frames: int
-    timings: dict[str, float]
-    resumed_frames: int = 0
-    warnings: tuple[str, ...] = ()
-
-
-def default_output(input_path: str | os.PathLike) -> Path:
-    """``movie.mp4`` -> ``movie.restored.mp4`` beside it."""
-    input_path = Path(input_path)
-    return input_path.with_name(f"{input_path.stem}.restored{input_path.suffix or '.mp4'}")
-
-
-def check_paths(input_path: Path, output_path: Path, overwrite: bool, *, info: VideoInfo | None = None,
-                codec: str | None = None) -> None:
-    """Everything about the output that can be wrong, checked before any work: it is the input,
-    or exists without ``overwrite``, or is a folder; its folder is missing or read-only; its
-    name leaves no room for the files derived from it; its extension is not a video container
-    (which also keeps it off the job's own side files: the analysis, report, work folder and
-    lock); its container cannot hold ``codec`` (None: the default for the extension). With
-    ``info``, a still picture as input is refused too."""
-    input_path, output_path = Path(input_path), Path(output_path)
-    if info is not None:
-        check_video(info)
-    check_new_file(output_path, overwrite=overwrite, inputs=[input_path])
-    check_name_fits(output_path)
-    check_container(output_path, codec or video_codec_for(output_path))
-    check_output_folder(output_path)
-
-
-@contextlib.contextmanager
-def output_lock(output_path: str | os.PathLike) -> Iterator[None]:
-    """Hold ``output_path`` for this run: a second run writing the same output stops at once with
-    one line instead of mixing its segments, analysis and references with this one's.
-
-    The lock is a file beside the output (``.OUT.iconface-lock``, see ``batch.locks``); a lock
-    left by a killed run is broken by the next. Re-entrant within a process, so the main command
-    holds it across analysis and render while ``run_job`` inside it takes it again.
-    """
-    from iconface_video.batch.locks import LockedError, acquire, read_lock
-
-    output_path = Path(output_path)
-    path = output_path.with_name(f".{output_path.name}.iconface-lock")
-    holder = read_lock(path)
-    if holder is not None and holder.pid == os.getpid() and holder.host == socket.gethostname():
-        yield
-        return
-    try:
-        lock = acquire(path, f"{output_path.name}-{os.getpid()}")
-    except LockedError as error:
-        who = error.holder.describe() if error.holder else "another process"
-        raise OutputError(f"{output_path}: another run ({who}) is writing this output; wait for it to finish, "
-                          "or choose another -o") from None
-    with lock:
-        yield
-
-
-def run_job(
-    input_path: str | os.PathLike,
-    output_path: str | os.PathLike | None,
-    settings: JobSettings,
-    process: FrameProcess | None = None,
-    progress: Progress | None = None,
-) -> JobResult:
-    """Decode ``input_path``, pass the frames through ``process``, encode and mux to ``output_path``.
-
-    Raises ``InputError``/``OutputError`` (one line each) before any work for bad inputs and
-    outputs. The output appears only when complete; the input is only ever read.
-    """
-    started = time.perf_counter()
-    progress = progress or Progress.silent()
-    input_path = Path(input_path)
-    output_path = Path(output_path) if output_path is not None else default_output(input_path)
-    info = probe(input_path)
-    check_paths(input_path, output_path, settings.overwrite, info=info, codec=settings.encode.codec)
-    with output_lock(output_path):
-        return _run_locked_job(input_path, output_path, settings, info, process, progress, started)
-
-
-def _run_locked_job(input_path: Path, output_path: Path, settings: JobSettings, info: VideoInfo,
-                    process: FrameProcess | None, progress: Progress, started: float) -> JobResult:
-    timings: dict[str, float] = {}
-    preflight_warnings = check_copyable(input_path, output_path, info)
-    plan = make_plan(input_path, output_path, settings.encode, info, settings.boundaries, settings.process_key)
-    if settings.side_by_side:
-        plan = replace(plan, encoding=replace(plan.encoding, width=2 * plan.encoding.width))
-    timings["probe"] = time.perf_counter() - started
-
-    pending = plan.pending()
-    done_frames = plan.frame_count - sum(plan.ranges[i][1] - plan.ranges[i][0] for i in pending)
-    if done_frames:
-        progress.event("resume", stage="encode", frame=done_frames, total=plan.frame_count,
-                       message=f"resuming: {done_frames} of {plan.frame_count} frames already encoded")
-
-    clocks = {"decode": 0.0, "process": 0.0}
-    concealed: list[int] = []
-    encode_started = time.perf_counter()
-    with _disk_full_is_user_error(output_path), _damage_ends_the_work(plan.work_dir), \
-            progress.stage("encode", total=plan.frame_count, initial=done_frames) as bar:
-        for run in contiguous_runs(pending):
-            start, end = plan.ranges[run[0]][0], plan.ranges[run[-1]][1]
-            frames = read_frames(input_path, start, end, conceal_outside=settings.changed_range,
-                                 on_conceal=concealed.append)
-            frames = _timed(frames, clocks, "decode")
-            if process is not None:
-                frames = _timed(process(frames), clocks, "process")
-            for _ in encode_stream(plan, run, _counted(frames, bar.update)):
-                pass
-    stream_time = time.perf_counter() - encode_started
-    # The clocks nest (process pulls from decode), so each stage's own time is a difference.
-    timings["decode"] = clocks["decode"]
-    timings["process"] = max(0.0, clocks["process"] - clocks["decode"]) if process else 0.0
-    timings["encode"] = stream_time - (clocks["process"] if process else clocks["decode"])
-
-    mux_started = time.perf_counter()
-    with _disk_full_is_user_error(output_path):
-        warnings = finish(plan, overwrite=settings.overwrite, info=info)
-    if concealed:
-        warnings.append(f"{len(concealed)} damaged frame(s) outside the restored range could not be decoded and "
-                        f"repeat the frame before them (first: frame {concealed[0]})")
-    warnings = list(dict.fromkeys([*preflight_warnings, *warnings]))
-    for warning in warnings:
-        progress.event("warning", stage="mux", message=warning)
-    timings["mux"] = time.perf_counter() - mux_started
-    timings["total"] = time.perf_counter() - started
-    progress.event("done", stage="run", frame=plan.frame_count, total=plan.frame_count,
-                   output=str(output_path), timings={k: round(v, 3) for k, v in timings.items()})
-    return JobResult(output_path, plan.frame_count, timings, done_frames, tuple(warnings))
+from iconface_video.render.guard import EmbedFn
+from iconface_video.render.options import RenderOptions, default_output_for, frame_range, resolve_device
+from iconface_video.render.prepare import load_restorer
+from iconface_video.render.report import RenderReport
+from iconface_video.render.video import render_video
 
 
 def analysis_path_for(output_path: str | os.PathLike, analysis_dir: Path | None = None) -> Path:
@@ -204,99 +35,49 @@ def analysis_path_for(output_path: str | os.PathLike, analysis_dir: Path | None 
     return (analysis_dir or output_path.parent) / f"{output_path.stem}.iconface.json"
 
 
-def analyze_for_render(input_path: str | os.PathLike, analysis_path: Path, options, analyze, info=None,
-                       progress: Progress | None = None, *, detector=None, embedder=None):
-    """Run the analysis the way a render with ``options`` needs it; returns the ``Analysis``.
+def analyze_for_render(input_path: str | os.PathLike, analysis_path: Path, options: RenderOptions,
+                       analyze: AnalyzeSettings, info: VideoInfo | None = None, progress: Progress | None = None, *,
+                       detector: Detector | None = None, embedder: Embedder | None = None) -> Analysis:
+    """Run the analysis the way a render with ``options`` needs it (its frame range and device).
 
-    ``options`` (``render.RenderOptions``) decides the frame range and device; its ``--refs``
-    photos go to the analysis only: it pins the names and adds them as references, so the render
-    must not add them again (call it with ``replace(options, refs=())``).
+    ``analyze.refs`` (the user's photos) become references here, once; the render reads them
+    from the analysis file like any other reference.
     """
-    from iconface_video.analysis.analyze import analyze_video
-    from iconface_video.render.render import frame_range, resolve_device
-
     start, end = frame_range(input_path, options.start, options.end, info)
-    settings = replace(analyze, refs=tuple((name, Path(folder)) for name, folder in options.refs),
-                       start=start, end=end, device=str(resolve_device(options.device)))
+    settings = replace(analyze, start=start, end=end, device=str(resolve_device(options.device)))
     return analyze_video(input_path, analysis_path, settings, progress, detector=detector, embedder=embedder)
 
 
-def restore_file(input_path: str | os.PathLike, output_path: str | os.PathLike | None, options, analyze,
-                 progress: Progress | None = None, *, analysis_dir: Path | None = None, restorer=None,
-                 detector=None, embedder=None):
+def restore_file(input_path: str | os.PathLike, output_path: str | os.PathLike | None, options: RenderOptions,
+                 analyze: AnalyzeSettings, progress: Progress | None = None, *, analysis_dir: Path | None = None,
+                 restorer: Restorer | None = None, detector: Detector | None = None,
+                 embedder: Embedder | None = None, embed: EmbedFn | None = None) -> RenderReport:
     """The whole job the main command runs: analyze ``input_path``, then render it.
 
-    ``options`` is a ``render.RenderOptions``, ``analyze`` an ``analysis.AnalyzeSettings`` (its
-    ``refs``, range and device are taken from ``options``). ``restorer``, ``detector`` and
-    ``embedder`` may be passed in already loaded (batch workers keep them between files).
-    Returns the render's ``RenderReport``.
+    ``analyze``'s range and device are taken from ``options``. ``restorer``, ``detector``,
+    ``embedder`` and ``embed`` (the identity guard's) may be passed in already loaded (batch
+    workers keep them between files).
+    Returns the render's report.
     """
-    from iconface_video.analysis.analyze import parse_ref_spec
-    from iconface_video.render.render import default_output_for
-
     input_path = Path(input_path)
     info = probe(input_path)  # a bad input fails here, in one line, before any model loads
     output_path = Path(output_path) if output_path is not None else default_output_for(input_path, options.preview)
     check_video(info)
-    for name, folder in options.refs:  # a folder of photos each, checked before any model loads
-        parse_ref_spec(f"{name}={folder}")
     if options.dry_run:
-        return _restore(input_path, output_path, options, analyze, info, progress, analysis_dir, restorer, detector, embedder)
+        return _restore(input_path, output_path, options, analyze, info, progress, analysis_dir, restorer, detector,
+                        embedder, embed)
     check_paths(input_path, output_path, options.overwrite, codec=options.codec)
     resolve_encoding(options.encode_settings(), info, output_path)  # --pix-fmt, --preset: before any work
     with output_lock(output_path):
-        return _restore(input_path, output_path, options, analyze, info, progress, analysis_dir, restorer, detector, embedder)
+        return _restore(input_path, output_path, options, analyze, info, progress, analysis_dir, restorer, detector,
+                        embedder, embed)
 
 
-def _restore(input_path: Path, output_path: Path, options, analyze, info: VideoInfo, progress, analysis_dir,
-             restorer, detector, embedder):
-    from iconface_video.render.render import load_restorer, render_video, resolve_device
-
+def _restore(input_path: Path, output_path: Path, options: RenderOptions, analyze: AnalyzeSettings, info: VideoInfo,
+             progress: Progress | None, analysis_dir: Path | None, restorer: Restorer | None,
+             detector: Detector | None, embedder: Embedder | None, embed: EmbedFn | None) -> RenderReport:
     # Load the model before the (long) analysis, so a missing or bad checkpoint fails at once.
     restorer = restorer or load_restorer(options, resolve_device(options.device))
     analysis_path = analysis_path_for(output_path, analysis_dir)
     analyze_for_render(input_path, analysis_path, options, analyze, info, progress, detector=detector, embedder=embedder)
-    return render_video(analysis_path, input_path, output_path, replace(options, refs=()), progress, restorer=restorer)
-
-
-@contextlib.contextmanager
-def _disk_full_is_user_error(output_path: Path) -> Iterator[None]:
-    """A full disk is the user's to fix: one line, finished segments kept for the rerun."""
-    try:
-        yield
-    except OSError as error:
-        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        raise OutputError(f"{output_path.parent}: disk full while writing; free space and rerun to resume") from None
-
-
-@contextlib.contextmanager
-def _damage_ends_the_work(work_dir: Path) -> Iterator[None]:
-    """A frame that cannot be decoded fails every rerun at the same place, so the segments made
-    so far can never be finished: remove them rather than leave a folder no rerun can use."""
-    try:
-        yield
-    except InputError:
-        shutil.rmtree(work_dir, ignore_errors=True)
-        raise
-
-
-def _timed(frames: Iterator[Frame], clocks: dict[str, float], key: str) -> Iterator[Frame]:
-    """Pass ``frames`` through, adding the time spent producing each one to ``clocks[key]``."""
-    iterator = iter(frames)
-    while True:
-        tick = time.perf_counter()
-        try:
-            frame = next(iterator)
-        except StopIteration:
-            clocks[key] += time.perf_counter() - tick
-            return
-        clocks[key] += time.perf_counter() - tick
-        yield frame
-
-
-def _counted(frames: Iterator[Frame], update: Callable[[int], None]) -> Iterator[Frame]:
-    """Pass ``frames`` through, reporting each one as it is handed to the encoder."""
-    for frame in frames:
-        update(1)
-        yield frame
+    return render_video(analysis_path, input_path, output_path, options, progress, restorer=restorer, embed=embed)

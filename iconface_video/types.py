@@ -88,7 +88,10 @@ class Track:
 
 @dataclass(frozen=True)
 class ReliabilityTerms:
-    """Why a face observation is (or is not) a good identity reference; each term in [0, 1]."""
+    """Why a face observation is (or is not) a good identity reference; each term in [0, 1].
+
+    ``occlusion`` is 1 for a face with nothing in front of it and falls towards 0 as sunglasses,
+    hands or a microphone hide it (last, with a default, so older analysis files still load)."""
 
     sharpness: float
     size: float
@@ -98,6 +101,7 @@ class ReliabilityTerms:
     identity_norm: float
     centroid_agreement: float
     total: float
+    occlusion: float = 1.0
 
 
 @dataclass(frozen=True)

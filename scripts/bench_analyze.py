@@ -57,7 +57,8 @@ def run_one(video: str, start: int | None, end: int | None, detect_every: int, t
     import torch
 
     torch.set_num_threads(threads)
-    from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.analysis.video import analyze_video
     from iconface_video.faces.detect import load_detector
     from iconface_video.faces.embed import load_embedder
     from iconface_video.io.probe import probe

@@ -6,7 +6,7 @@
 
 Each configuration restores the same files (analysis, restoration, encode: the main command's
 whole job) into a fresh temporary folder through the real ``batch`` machinery (spawned workers,
-each loading the restorer once; manifest, locks), and the wall time includes the workers'
+each loading its models once; manifest, locks), and the wall time includes the workers'
 start-up, as a user would see it. Prints one line per run and a JSON summary; the machine's load
 average is printed too, because on a shared machine it moves the numbers more than anything.
 """
@@ -22,9 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from iconface_video.analysis.analyze import AnalyzeSettings
-from iconface_video.batch.queue import BatchOptions, JobSpec, LocalBackend, run_batch, worker_specs
-from iconface_video.render.render import RenderOptions
+from iconface_video.analysis.settings import AnalyzeSettings
+from iconface_video.batch.driver import run_batch
+from iconface_video.batch.items import BatchOptions, JobSpec
+from iconface_video.batch.local_backend import LocalBackend, worker_specs
+from iconface_video.render.options import RenderOptions
 
 MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
 DEFAULT_CLIPS = (
@@ -37,13 +39,13 @@ DEFAULT_CLIPS = (
 )
 
 
-def bench(inputs: list[Path], workers: int, settings: JobSpec) -> dict:
+def bench(inputs: list[Path], workers: int, job: JobSpec) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as folder:
         options = BatchOptions(out_dir=Path(folder))
         specs = worker_specs(workers, None)
         load = os.getloadavg()[0]
         started = time.perf_counter()
-        summary = run_batch(inputs, settings, options, lambda: LocalBackend(specs, settings), lambda *a, **k: None,
+        summary = run_batch(inputs, job, options, lambda: LocalBackend(specs, job), lambda *a, **k: None,
                             models={})
         seconds = time.perf_counter() - started
     if summary.failed:
@@ -66,13 +68,13 @@ def main() -> None:
     from iconface_video.io.probe import probe
 
     frames = sum(probe(p).frame_count for p in inputs)
-    settings = JobSpec(RenderOptions(checkpoint=args.checkpoint, preset=args.preset), AnalyzeSettings())
+    job = JobSpec(RenderOptions(checkpoint=args.checkpoint, preset=args.preset), AnalyzeSettings())
     print(f"{len(inputs)} files, {frames} frames; {os.cpu_count()} CPUs; {platform.processor() or platform.machine()}; "
           f"python {platform.python_version()}", file=sys.stderr)
     runs = []
     for _ in range(args.repeat):
         for count in (int(w) for w in args.workers.split(",")):
-            run = bench(inputs, count, settings)
+            run = bench(inputs, count, job)
             run["frames_per_s"] = round(frames / run["seconds"], 1)
             run["files_per_min"] = round(60 * run["files"] / run["seconds"], 1)
             runs.append(run)

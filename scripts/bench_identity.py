@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from iconface_video.faces.dlib_resnet import DAT_FILE, load_dlib_resnet  # noqa: E402
-from iconface_video.faces.embed import DLIB_TEMPLATE_150, arcface112_to, cosine, roc_auc  # noqa: E402
+from iconface_video.faces.align import DLIB_TEMPLATE_150, arcface112_to  # noqa: E402
+from iconface_video.faces.embed import cosine, roc_auc  # noqa: E402
 from iconface_video.imageio import imread  # noqa: E402
 from iconface_video.weights import find_model_file  # noqa: E402
 from bench_faces import timed  # noqa: E402  (scripts/ is on the path when a script runs)

@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from clipgen import ClipSpec, make_clip  # noqa: E402  (test helper that generates clips)
 
-from iconface_video.io.writer import EncodeSettings  # noqa: E402
-from iconface_video.pipeline import JobSettings, run_job  # noqa: E402
+from iconface_video.io.encoding import EncodeSettings  # noqa: E402
+from iconface_video.job import JobSettings, run_job  # noqa: E402
 
 
 def plain_pyav(source: Path, output: Path, crf: int, preset: str) -> None:
@@ -101,8 +101,8 @@ def round_trip(clip: Path, work: Path, crf: int, preset: str, repeats: int) -> d
 # separate process so that this parent stays small.
 RSS_JOB = """
 import resource, sys
-from iconface_video.io.writer import EncodeSettings
-from iconface_video.pipeline import JobSettings, run_job
+from iconface_video.io.encoding import EncodeSettings
+from iconface_video.job import JobSettings, run_job
 run_job(sys.argv[1], sys.argv[2], JobSettings(encode=EncodeSettings(preset="ultrafast"), overwrite=True))
 hwm = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM")][0]
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, hwm)

@@ -66,15 +66,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.analysis.video import analyze_video
     from iconface_video.core.config import load_config
     from iconface_video.core.model import IConFaceCore
     from iconface_video.core.restorer import Restorer
     from iconface_video.faces.detect import load_detector
     from iconface_video.io.probe import probe
     from iconface_video.io.reader import read_frames
-    from iconface_video.pipeline import JobSettings, run_job
-    from iconface_video.render.render import RenderOptions, render_video
+    from iconface_video.job import JobSettings, run_job
+    from iconface_video.render import RenderOptions, render_video
 
     args.out.mkdir(parents=True, exist_ok=True)
     clip = copy_head(args.clip, args.out / "clip.mp4", args.frames)
@@ -133,7 +134,7 @@ def guard_cost(restorer, device: str = "cpu", faces: int = 32) -> dict[str, floa
     """Milliseconds per face of the identity guard on ``faces`` crops of random texture."""
     from iconface_video.render.guard import IdentityGuard
     from iconface_video.render.plan import side_template
-    from iconface_video.render.render import load_guard_embedder
+    from iconface_video.render.transform import load_guard_embedder
 
     embed = load_guard_embedder(device)
     tracks = torch.zeros(faces, dtype=torch.int64).numpy()

@@ -95,7 +95,7 @@ def encode_h264(frames: Sequence[np.ndarray], fps: Fraction, path: Path, bits_pe
     x264's macroblock tree would read unset memory, without it, so the bytes repeat exactly)."""
     import av
 
-    from iconface_video.io.writer import x264_mbtree_is_deterministic
+    from iconface_video.io.encoding import x264_mbtree_is_deterministic
 
     h, w = frames[0].shape[:2]
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
@@ -177,6 +177,7 @@ def summarise(per_clip: list[dict]) -> dict[str, dict[str, float]]:
 def detect_main_face(frames: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
     """Frame number -> landmarks ``float32[5, 2]`` of the largest face, smoothed over each run of frames."""
     from iconface_video.faces.detect import load_detector
+    from iconface_video.faces.photos import main_face
     from iconface_video.render.temporal import TemporalSettings, smooth_landmarks
 
     detector = load_detector("auto")
@@ -185,8 +186,7 @@ def detect_main_face(frames: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
         chunk = list(frames[start:start + 8])
         for i, faces in enumerate(detector.detect(chunk, list(range(start, start + len(chunk))))):
             if faces:
-                big = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
-                found[start + i] = big.kps5
+                found[start + i] = main_face(faces).kps5
     if not found:
         return {}
     ids = np.array(sorted(found))

@@ -129,10 +129,11 @@ def render_stage(clip: Path, frames: int, work: Path, device: str, checkpoint: s
     sys.path.insert(0, str(REPO / "scripts"))
     from bench_render import copy_head
 
-    from iconface_video.analysis.analyze import AnalyzeSettings
+    from iconface_video.analysis.settings import AnalyzeSettings
     from iconface_video.io.probe import probe
-    from iconface_video.pipeline import JobSettings, restore_file, run_job
-    from iconface_video.render.render import RenderOptions
+    from iconface_video.job import JobSettings, run_job
+    from iconface_video.pipeline import restore_file
+    from iconface_video.render.options import RenderOptions
 
     head = copy_head(clip, work / "clip.mp4", frames)
     video = probe(head).video

@@ -99,14 +99,16 @@ def main() -> None:
     sys.path[:0] = [str(REPO / "tests"), str(REPO / "scripts")]
 
     from measure_temporal import write_lossless
-    from test_render_fixtures import IdentityRestorer, tiny_restorer
+    from render_fixtures import IdentityRestorer, tiny_restorer
 
-    from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.analysis.video import analyze_video
     from iconface_video.core.restorer import RestoreOutput
     from iconface_video.io.probe import probe
     from iconface_video.io.reader import read_frames
     from iconface_video.render.plan import plan_faces
-    from iconface_video.render.render import RenderOptions, default_mask, render_video
+    from iconface_video.render import RenderOptions, render_video
+    from iconface_video.render.prepare import default_mask
     from iconface_video.render.temporal import TemporalSettings
 
     args.out.mkdir(parents=True, exist_ok=True)

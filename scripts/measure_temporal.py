@@ -103,12 +103,13 @@ def main() -> None:
     torch.set_num_threads(1)
     sys.path.insert(0, str(REPO / "tests"))
 
-    from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.analysis.video import analyze_video
     from iconface_video.faces.align import estimate_affine
     from iconface_video.faces.masks import landmark_mask
     from iconface_video.io.probe import probe
     from iconface_video.io.reader import read_frames
-    from iconface_video.render.render import RenderOptions, render_video
+    from iconface_video.render import RenderOptions, render_video
     from iconface_video.render.temporal import TemporalSettings, smooth_landmarks
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -128,7 +129,7 @@ def main() -> None:
         restorer = Restorer.from_checkpoint(args.checkpoint, "cpu", "fp32")
         core = args.checkpoint or "embedded checkpoint"
     except Exception as error:  # noqa: BLE001 - the script says which core it measured
-        from test_render_fixtures import tiny_restorer
+        from render_fixtures import tiny_restorer
 
         restorer, core = tiny_restorer(), f"random tiny core (no trained checkpoint: {type(error).__name__})"
 

@@ -37,6 +37,7 @@ import numpy as np
 
 from iconface_video.errors import UserError
 from iconface_video.faces import align
+from iconface_video.faces.photos import main_face
 from iconface_video.imageio import imread, imwrite
 
 TEMPLATE = "arcface"
@@ -70,7 +71,8 @@ def read_manifest(src: Path) -> list[dict[str, str]]:
 def clip_crops(video: Path, out_dir: Path, work: Path, *, size: int, every: int, min_eye_px: float,
                detector) -> dict[str, int]:
     """Align the tracked faces of one clip into ``out_dir/<track>/``; returns crops per track folder."""
-    from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.analysis.video import analyze_video
     from iconface_video.io.reader import read_frames
     from iconface_video.train.data import export_track_crops
 
@@ -93,11 +95,8 @@ def photo_crop(photo: Path, *, size: int, min_eye_px: float, detector) -> np.nda
     if bgr is None:
         raise UserError(f"{photo}: cannot be read as an image")
     rgb = np.ascontiguousarray(bgr[..., ::-1])
-    faces = detector.detect([rgb])[0]
-    if not faces:
-        return None
-    best = max(faces, key=lambda f: f.score)
-    if best.eye_distance < min_eye_px:
+    best = main_face(detector.detect([rgb])[0])
+    if best is None or best.eye_distance < min_eye_px:
         return None
     crop, _ = align.align_crops(rgb, best.kps5[None], TEMPLATE, size)
     return crop[0]

@@ -152,7 +152,8 @@ def make_analysis(video_path, tmp_path, n: int = 16, cut: int = 8, with_referenc
     """
     import cv2
 
-    from iconface_video.analysis.schema import VERSION, Analysis, HarvestedReference
+    from iconface_video.analysis.schema import Analysis, HarvestedReference
+    from iconface_video.analysis.validation import VERSION
     from iconface_video.imageio import imwrite
     from iconface_video.types import Identity, Reference, Shot
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video, refs_folder
+from iconface_video.analysis.settings import AnalyzeSettings, refs_folder
+from iconface_video.analysis.video import analyze_video
 from iconface_video.analysis.schema import load_analysis
 from iconface_video.imageio import imread
 
@@ -135,3 +136,103 @@ def test_user_photos_name_an_identity_and_become_references(media_dir, tmp_path)
     assert len(named) == 1 and named[0].tracks, "the photo named the singer's identity, which has tracks"
     sources = [r.reference.source for r in analysis.references_for(named[0].id)]
     assert str(photos / "lin.png") in sources and "video" in sources
+
+
+EXAMPLES = "src/ageitgey__face_recognition/examples"
+SINGER = dict(start=120, end=136, detect_every=4, checkpoint_every=0)  # the singer alone, close up
+
+
+def _photo_folder(media_dir: Path, folder: Path, name: str) -> Path:
+    folder.mkdir()
+    (folder / name).write_bytes((media_dir / EXAMPLES / name).read_bytes())
+    return folder
+
+
+def _copy_analysis(out: Path, folder: Path) -> Path:
+    """A copy of the analysis file at ``out`` and its refs folder in ``folder`` (crop paths are relative)."""
+    import shutil
+
+    copy = folder / out.name
+    copy.write_bytes(out.read_bytes())
+    shutil.copytree(refs_folder(out), refs_folder(copy))
+    return copy
+
+
+@pytest.mark.media
+def test_photos_added_later_become_references_as_analyze_refs_makes_them(media_dir, tmp_path):
+    from iconface_video.analysis.photos import add_photo_references
+
+    photos = _photo_folder(media_dir, tmp_path / "lin", "lin-manuel-miranda.png")
+    with_refs = analyze_video(media_dir / HAMILTON, tmp_path / "named.iconface.json",
+                              AnalyzeSettings(**SINGER, refs=(("Lin", photos),)))
+    later = tmp_path / "later.iconface.json"
+    analyze_video(media_dir / HAMILTON, later, AnalyzeSettings(**SINGER))
+    singer = next(i for i in with_refs.identities if i.name == "Lin")
+
+    added = add_photo_references(later, ((str(singer.id), photos),), AnalyzeSettings())
+
+    def described(refs):
+        return [(r.reference.frame_index, r.reference.box, r.reference.reliability, r.crop_path.name,
+                 r.crop_kps5.tolist(), r.reference.source) for r in refs]
+
+    expected = load_analysis(tmp_path / "named.iconface.json").references_for(singer.id)  # as stored: rounded
+    assert any(r.reference.frame_index < 0 for r in expected) and any(r.reference.frame_index >= 0 for r in expected)
+    assert described(load_analysis(later).references_for(singer.id)) == described(expected)
+    assert [(r.crop_path, r.reference.source) for r in added.references_for(singer.id)] == [
+        (refs_folder(later).resolve() / r.crop_path.name, r.reference.source) for r in expected]
+    photo = next(r for r in expected if r.reference.frame_index < 0)
+    assert (refs_folder(later) / photo.crop_path.name).read_bytes() == photo.crop_path.read_bytes()
+
+
+@pytest.mark.media
+def test_adding_photos_replaces_earlier_ones_and_refuses_an_unknown_name(media_dir, tmp_path, hamilton):
+    from iconface_video.analysis.photos import add_photo_references
+    from iconface_video.errors import InputError
+
+    before, out = hamilton
+    path = _copy_analysis(out, tmp_path)
+    target = next(i for i in before.identities if before.references_for(i.id))
+    others = [r for r in load_analysis(path).references if r.reference.identity != target.id]
+    obama = _photo_folder(media_dir, tmp_path / "obama", "obama-480p.jpg")
+    two = _photo_folder(media_dir, tmp_path / "two", "obama-480p.jpg")
+    (two / "small.jpg").write_bytes((media_dir / EXAMPLES / "obama_small.jpg").read_bytes())
+
+    add_photo_references(path, ((str(target.id), two),), AnalyzeSettings())
+    first = load_analysis(path).references_for(target.id)
+    assert sorted(r.reference.source for r in first if r.reference.frame_index < 0) == sorted(
+        str(p) for p in two.iterdir())
+    assert len(first) <= before.settings["max_refs"]
+
+    again = add_photo_references(path, ((str(target.id), obama),), AnalyzeSettings())
+    reloaded = load_analysis(path)
+    refs = reloaded.references_for(target.id)
+    photos = [r for r in refs if r.reference.frame_index < 0]
+    assert [r.reference.source for r in photos] == [str(obama / "obama-480p.jpg")], "the earlier photos are replaced"
+    assert photos[0].crop_path.name == f"identity{target.id:03d}_photo0.png" and photos[0].load_crop().shape[0] > 100
+    assert 0 < photos[0].reference.reliability <= 1 and photos[0].embedding.shape == (128,)
+    assert not (refs_folder(path) / f"identity{target.id:03d}_photo1.png").exists(), "the replaced crop is gone"
+    video = [r.reference.frame_index for r in refs if r.reference.frame_index >= 0]
+    assert video == [r.reference.frame_index for r in before.references_for(target.id)][: len(video)]
+    kept = [r for r in reloaded.references if r.reference.identity != target.id]
+    assert [(r.reference, r.crop_path) for r in kept] == [(r.reference, r.crop_path) for r in others]
+    assert len(again.references) == len(reloaded.references)
+
+    unchanged = path.read_bytes()
+    with pytest.raises(InputError) as error:
+        add_photo_references(path, (("Nobody", obama),), AnalyzeSettings())
+    assert "no identity named 'Nobody'" in str(error.value) and "known:" in str(error.value)
+    assert "\n" not in str(error.value) and path.read_bytes() == unchanged
+
+
+def test_settings_read_back_from_a_file_are_the_settings_it_was_made_with():
+    from iconface_video.analysis.harvest import HarvestSettings
+    from iconface_video.analysis.settings import settings_from_json, settings_json
+
+    made = AnalyzeSettings(detect_every=3, max_refs=2, models_dir=Path("/models"), refs=(("Anna", Path("/photos/anna")),),
+                           end=90, harvest=HarvestSettings(min_gap_s=1.5, weights=(("sharpness", 1.0), ("size", 3.0))))
+    stored = json.loads(json.dumps(settings_json(made, "mtcnn", "dlib", 128)))
+    assert settings_from_json(stored) == made
+    del stored["max_refs"], stored["harvest"]["min_gap_s"]  # a file written before a setting existed
+    assert settings_from_json(stored) == AnalyzeSettings(
+        detect_every=3, models_dir=Path("/models"), refs=(("Anna", Path("/photos/anna")),), end=90,
+        harvest=HarvestSettings(weights=(("sharpness", 1.0), ("size", 3.0))))

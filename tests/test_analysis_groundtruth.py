@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 import pytest
 
-from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video
 from iconface_video.analysis.harvest import HarvestSettings
+from iconface_video.analysis.settings import AnalyzeSettings
+from iconface_video.analysis.video import analyze_video
 from iconface_video.imageio import imread
 
 SAME_PERSON = HarvestSettings().reject_similarity

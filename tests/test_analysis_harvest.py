@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from pathlib import Path
 
 import cv2
@@ -11,18 +13,18 @@ import pytest
 from iconface_video.analysis.harvest import (
     Candidate,
     HarvestSettings,
+    candidate_from_json,
+    candidate_to_json,
     agreement_term,
     aligned_crops,
-    blockiness,
-    frontality_term,
     load_verifier,
     loose_crop,
-    native_quality,
     observation_terms,
     score_against_centroid,
     select_references,
     total_score,
 )
+from iconface_video.analysis.quality import Detail, blockiness, frontality_term, native_quality
 from iconface_video.analysis.track import box_iou
 from iconface_video.imageio import imread
 from iconface_video.types import FaceObs
@@ -158,9 +160,11 @@ def test_loose_crop_turns_a_sideways_face_upright():
 
 def _candidate(track: int, frame: int, yaw: float, partial: float, embedding: np.ndarray) -> Candidate:
     terms = {"sharpness": partial, "size": partial, "frontality": partial, "detector": 1.0, "exposure": 1.0,
-             "identity_norm": 1.0}
+             "identity_norm": 1.0, "occlusion": 1.0}
+    laplacian = SETTINGS.sharpness_scale * partial / (1 - partial)  # gives sharpness == partial
+    sharp = Detail(laplacian, 1.0, 1.0, laplacian / 2, 1.0)
     return Candidate(track, frame, (0, 0, 10, 10), FRONTAL, terms, partial, yaw, embedding, f"{frame}.png",
-                     FRONTAL, np.eye(2, 3, dtype=np.float32))
+                     FRONTAL, np.eye(2, 3, dtype=np.float32), sharp)
 
 
 def test_selection_prefers_spread_in_time_and_pose_and_rejects_strangers():
@@ -201,3 +205,23 @@ def test_verifier_accepts_a_face_and_rejects_texture(media_dir):
     texture = cv2.resize(np.random.default_rng(3).integers(0, 256, (12, 12, 3), dtype=np.uint8), crop.image.shape[:2][::-1],
                          interpolation=cv2.INTER_CUBIC)
     assert not verifier.is_face(texture, crop.kps5)
+
+
+def test_sharp_identities_keep_their_sharpness_and_soft_ones_are_scored_against_their_sharpest():
+    me = np.ones(8, np.float32) / np.sqrt(8)
+    sharp = [_candidate(0, f, 0.0, p, me) for f, p in ((10, 0.8), (40, 0.7))]  # Laplacian 1200 and 700
+    scored = score_against_centroid(sharp, me, SETTINGS, uses_norm=False)
+    assert [s.terms.sharpness for s in scored] == [round(c.terms["sharpness"], 4) for c in sharp]
+    soft = [dataclasses.replace(c, detail=Detail(30.0 + i, 0.9, 1.0, fine, 1.0))
+            for i, (c, fine) in enumerate(zip(sharp * 2, (3.0, 6.0, 9.0, 2.0)))]
+    scored = score_against_centroid(soft, me, SETTINGS, uses_norm=False)
+    by_fine = sorted(scored, key=lambda s: s.candidate.detail.fine)
+    assert [s.terms.sharpness for s in by_fine] == sorted(s.terms.sharpness for s in scored)
+    # Against half the 90th percentile of fine detail (8.1): the sharpest scores near 2/3, less its noise discount.
+    assert by_fine[-1].terms.sharpness == pytest.approx(9.0 / (9.0 + 4.05) * 0.9, abs=1e-4)
+
+
+def test_candidates_survive_a_checkpoint():
+    c = _candidate(3, 77, 0.1, 0.6, np.arange(8, dtype=np.float32))
+    back = candidate_from_json(json.loads(json.dumps(candidate_to_json(c))))
+    assert back.detail == c.detail and back.terms == c.terms and np.array_equal(back.embedding, c.embedding)

@@ -1,7 +1,7 @@
 """Which way the detector looks: ``--rotation auto`` overrides the tag only on clear evidence.
 
 Proves (1) the pure parts: candidate rotations per mode, the eyes-above-mouth check agreeing with
-``detect.points_to_stored``, and the vote (weak or one-frame evidence never beats the tag; a
+``orientation.points_to_stored``, and the vote (weak or one-frame evidence never beats the tag; a
 clear margin in two shots does); (2) on every shared clip, sampled in a few frames, that the vote
 keeps each clip as its picture demands (the tag, except the clip whose -90 tag is known to lie),
 and on turned copies of the talking heads with a lying tag that it finds the right way up; (3) on generated clips of a real six-person photo
@@ -24,17 +24,18 @@ import numpy as np
 import pytest
 import torch
 
-from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video
-from iconface_video.analysis.orientation import (
+from iconface_video.analysis.schema import AnalysisFileError, load_analysis
+from iconface_video.analysis.settings import AnalyzeSettings
+from iconface_video.analysis.video import analyze_video
+from iconface_video.errors import InputError
+from iconface_video.faces.orientation import (
     OrientationVote,
     looks_upright,
+    points_to_stored,
     probe_view,
     rotation_candidates,
     upright_confidence,
 )
-from iconface_video.analysis.schema import AnalysisFileError, load_analysis
-from iconface_video.errors import InputError
-from iconface_video.faces.detect import points_to_stored
 from iconface_video.imageio import imread
 from iconface_video.types import FaceObs
 
@@ -293,12 +294,13 @@ def test_bad_rotation_mode_is_one_clear_line(tmp_path):
 def test_real_clip_tagged_minus_90_but_stored_upright(media_dir, tmp_path, models):
     """Shot 2 (frames 210..239) shows two people; before auto, trusting the tag found 1 identity
     and 0 references on the whole clip. The render then pastes back onto the faces it found."""
-    from test_render_fixtures import IdentityRestorer, ellipse_mask
+    from render_fixtures import IdentityRestorer, ellipse_mask
 
     from iconface_video.core.restorer import RestoreOutput
     from iconface_video.faces.detect import load_detector
     from iconface_video.io.reader import read_frames
-    from iconface_video.render.render import RenderOptions, render_video
+    from iconface_video.render.options import RenderOptions
+    from iconface_video.render.video import render_video
 
     clip = media_dir / ROTATE_CLIP["path"]
     if not clip.is_file():

@@ -7,14 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from iconface_video.analysis.schema import (
-    VERSION,
-    Analysis,
-    AnalysisFileError,
-    HarvestedReference,
-    load_analysis,
-    save_analysis,
-)
+from iconface_video.analysis.schema import Analysis, HarvestedReference, load_analysis, save_analysis
+from iconface_video.analysis.validation import VERSION, AnalysisFileError
 from iconface_video.errors import InputError
 from iconface_video.imageio import imwrite
 from iconface_video.types import FaceObs, Identity, Reference, ReliabilityTerms, Shot, Track
@@ -75,7 +69,7 @@ def test_round_trip_keeps_everything_the_render_stage_reads(tmp_path):
     assert loaded.face_verified == {0: True, 1: False}
     text = path.read_text()
     assert text.count("\n") > 40, "one observation per line: readable and diff-friendly"
-    assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
+    assert not list(tmp_path.glob(".*.tmp*")), "no temporary file left behind"
 
 
 def _edit(tmp_path, change) -> Analysis:
@@ -85,6 +79,18 @@ def _edit(tmp_path, change) -> Analysis:
     change(data)
     path.write_text(json.dumps(data))
     return load_analysis(path)
+
+
+def test_terms_added_later_take_their_default_in_older_files(tmp_path):
+    def older(data):
+        for ref in data["references"]:
+            del ref["terms"]["occlusion"]  # written before the term existed
+        del data["references"][1]["terms"]["sharpness"]  # a term every file has: its terms are incomplete
+
+    loaded = _edit(tmp_path, older)
+    assert loaded.references_for(0)[0].reference.terms == make_analysis(tmp_path).references[0].reference.terms
+    assert loaded.references_for(0)[0].reference.terms.occlusion == 1.0
+    assert loaded.references_for(1)[0].reference.terms is None
 
 
 def test_user_can_rename_merge_and_drop_a_reference(tmp_path):

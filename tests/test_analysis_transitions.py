@@ -98,7 +98,8 @@ def test_white_frames_and_camera_flashes_are_not_cuts(segments, tmp_path):
 
 @pytest.mark.media
 def test_no_track_continues_across_a_dissolve(media_dir, tmp_path):
-    from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.analysis.video import analyze_video
     from iconface_video.io.reader import read_frames
 
     heads = []

@@ -8,6 +8,7 @@ tests; the comparisons are with ``iconface-video VIDEO`` run on the same file.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
@@ -22,8 +23,9 @@ import pytest
 from batch_media import audio_packets, face_clip, make_clip, make_corrupt, video_frames
 from click.testing import CliRunner
 
+from iconface_video.batch.items import JobSpec, WorkItem
+from iconface_video.batch.local_backend import LocalBackend, worker_specs
 from iconface_video.batch.manifest import manifest_path, read_manifest
-from iconface_video.batch.queue import JobSpec, LocalBackend, WorkItem, worker_specs
 from iconface_video.cli import cli, main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,7 +38,7 @@ EXACT = ("--preset", "ultrafast")
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A small random IConFace core as a checkpoint file (see the module docstring)."""
-    from test_render_fixtures import tiny_restorer
+    from render_fixtures import tiny_restorer
 
     from iconface_video.core.checkpoint import save_checkpoint
 
@@ -146,7 +148,10 @@ def test_human_output_ends_with_a_summary_of_failures(clips, checkpoint, tmp_pat
 @pytest.mark.slow  # two full batch processes, ~60 s on the loaded 2-core machine
 def test_kill_9_mid_batch_then_rerun_finishes_only_the_rest(checkpoint, tmp_path):
     src = tmp_path / "src"
-    clips = [face_clip(src / f"k{i}.mp4", frames=40, first=10 * i, cut=20) for i in range(4)]
+    # k1 is killed after two segments (0-8, 8-16), so it resumes inside its first shot (0-20);
+    # k0 is done before that, k2 not yet started.
+    clips = [face_clip(src / "k0.mp4", frames=12, first=0), face_clip(src / "k1.mp4", frames=28, first=10, cut=20),
+             face_clip(src / "k2.mp4", frames=12, first=20, cut=6)]
     out = tmp_path / "out"
     restore = ("--checkpoint", str(checkpoint), "--segment-frames", "8", *EXACT)
     command = [sys.executable, "-m", "iconface_video", "batch", str(src / "*.mp4"), "-o", str(out),
@@ -167,7 +172,7 @@ def test_kill_9_mid_batch_then_rerun_finishes_only_the_rest(checkpoint, tmp_path
 
     before = read_manifest(manifest_path(out))
     done = {k for k, r in before.items() if r.state == "done"}
-    assert "k0.mp4" in done and len(done) < 4
+    assert "k0.mp4" in done and len(done) < len(clips)
     assert before["k1.mp4"].state == "running", "the file in progress stays marked running"
     mtimes = {k: (out / k).stat().st_mtime_ns for k in done}
 
@@ -190,8 +195,8 @@ def test_kill_9_mid_batch_then_rerun_finishes_only_the_rest(checkpoint, tmp_path
 
 
 def test_a_worker_that_dies_fails_only_its_item_and_is_replaced(clips, checkpoint, tmp_path):
-    from iconface_video.analysis.analyze import AnalyzeSettings
-    from iconface_video.render.render import RenderOptions
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.render.options import RenderOptions
 
     long_clip = make_clip(tmp_path / "long.mp4", frames=400, size=(256, 192), seed=5, audio=False)
     out = tmp_path / "out"
@@ -217,6 +222,47 @@ def test_a_worker_that_dies_fails_only_its_item_and_is_replaced(clips, checkpoin
         backend.close()
 
 
+def test_a_worker_loads_its_models_for_its_first_item_only(clips, checkpoint, tmp_path, monkeypatch):
+    """The restorer, the analysis's detector and embedder and the identity guard's embedder are
+    loaded once per worker and reused by its later items: whole files, split analyses and split
+    segments alike. The real loaders run, wrapped to count their calls."""
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.batch.worker import WorkerModels, execute
+    from iconface_video.core.restorer import Restorer
+    from iconface_video.faces import detect, embed
+    from iconface_video.render.options import RenderOptions
+
+    loads: collections.Counter[str] = collections.Counter()
+
+    def counting(name, load):
+        def counted(*args, **kwargs):
+            loads[name] += 1
+            return load(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(detect, "load_detector", counting("detector", detect.load_detector))
+    monkeypatch.setattr(embed, "load_embedder", counting("embedder", embed.load_embedder))
+    monkeypatch.setattr(Restorer, "from_checkpoint", staticmethod(counting("restorer", Restorer.from_checkpoint)))
+    job = JobSpec(RenderOptions(checkpoint=str(checkpoint), end="4f", preset="ultrafast"), AnalyzeSettings())
+    models = WorkerModels(job)
+    first, second = clips[1]
+    (tmp_path / "split").mkdir()
+    result = execute(WorkItem("file", first.name, str(first), str(tmp_path / first.name)), job, models=models)
+    assert result.ok, result.reason
+    loaded = dict(loads)
+    assert loaded == {"restorer": 1, "detector": 1, "embedder": 2}  # the analysis's and the guard's
+    split_output = str(tmp_path / "split" / second.name)
+    for item in (WorkItem("file", second.name, str(second), str(tmp_path / second.name)),
+                 WorkItem("analyze", second.name, str(second), split_output)):
+        result = execute(item, job, models=models)
+        assert result.ok, result.reason
+    segments = WorkItem("segments", second.name, str(second), split_output, (0,), result.boundaries, result.process_key)
+    result = execute(segments, job, models=models)
+    assert result.ok and result.frames, result.reason
+    assert dict(loads) == loaded, "a later item loaded a model again"
+    assert faces_restored(tmp_path / f"{second.stem}.iconface.json") >= 1
+
+
 def _poll_until(backend, kind: str, timeout: float = 240) -> list[tuple]:
     seen = []
     deadline = time.monotonic() + timeout
@@ -231,7 +277,7 @@ def _poll_until(backend, kind: str, timeout: float = 240) -> list[tuple]:
 def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(checkpoint, tmp_path):
     src = tmp_path / "src"
     for i in range(3):
-        make_clip(src / f"c{i}.mp4", frames=64, size=(160, 120), seed=30 + i)
+        make_clip(src / f"c{i}.mp4", frames=32, size=(160, 120), seed=30 + i)
     out = tmp_path / "out"
     command = [sys.executable, "-m", "iconface_video", "batch", str(src / "*.mp4"), "-o", str(out),
                "--workers", "2", "--segment-frames", "8", "--checkpoint", str(checkpoint)]
@@ -256,7 +302,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(checkpoint, tmp_path):
 
 def test_a_file_locked_by_another_live_run_is_skipped(clips, checkpoint, tmp_path):
     """Also --devices on this GPU-less machine: the worker runs (on the CPU) under its GPU's name."""
-    from iconface_video.batch import locks
+    from iconface_video import locks
 
     src, good, _ = clips
     out = tmp_path / "out"
@@ -285,6 +331,7 @@ def test_a_file_locked_by_another_live_run_is_skipped(clips, checkpoint, tmp_pat
     (["--dry-run"], "--dry-run is for one file"),
     (["--split-shots", "--preview"], "--split-shots cannot make --preview"),
     (["--checkpoint", "missing.safetensors"], "missing.safetensors cannot be read"),
+    (["--refs", "Anna=no-such-folder"], "no-such-folder is not a folder"),  # the analysis's photos, checked first
 ])
 def test_conflicting_options_are_one_line_errors(clips, tmp_path, args, message):
     result = CliRunner().invoke(cli, ["batch", str(clips[1][0]), "-o", str(tmp_path), *args])
@@ -318,8 +365,8 @@ def test_restoration_options_reach_the_job_and_a_change_redoes_done_files(clips,
 def test_split_run_restores_like_the_main_command_and_reuses_finished_segments(checkpoint, tmp_path):
     """--split-shots: one analysis, segments restored by separate tasks, joined: the main command's
     output bit for bit (its render also starts segments at shot starts)."""
-    from iconface_video.analysis.analyze import AnalyzeSettings
-    from iconface_video.render.render import RenderOptions
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.render.options import RenderOptions
 
     clip = face_clip(tmp_path / "m.mp4", frames=24, first=40, cut=12)
     out = tmp_path / "out"
@@ -327,8 +374,8 @@ def test_split_run_restores_like_the_main_command_and_reuses_finished_segments(c
     restore = ("--checkpoint", str(checkpoint), "--segment-frames", "8", *EXACT)
     # An earlier, interrupted split run analysed the file and restored its second segment, in a
     # worker like the batch's (same thread count: the render's work-folder key depends on it).
-    spec = JobSpec(RenderOptions(checkpoint=str(checkpoint), segment_frames=8, preset="ultrafast"), AnalyzeSettings())
-    backend = LocalBackend(worker_specs(2, None)[:1], spec)
+    job = JobSpec(RenderOptions(checkpoint=str(checkpoint), segment_frames=8, preset="ultrafast"), AnalyzeSettings())
+    backend = LocalBackend(worker_specs(2, None)[:1], job)
     try:
         backend.submit(WorkItem("analyze", "m.mp4", str(clip), str(out / "m.mp4")))
         analysed = _poll_until(backend, "end")[-1][1]

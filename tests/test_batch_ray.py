@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow  # Ray's start-up alone takes 5-15 s here
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from test_render_fixtures import tiny_restorer
+    from render_fixtures import tiny_restorer
 
     from iconface_video.core.checkpoint import save_checkpoint
 

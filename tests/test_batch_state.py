@@ -1,4 +1,4 @@
-"""The batch's bookkeeping without video: manifest writes, lock files, planning, task grouping."""
+"""The batch's bookkeeping without video: manifest writes, lock files, scheduling, task grouping."""
 
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from iconface_video.batch import locks
+from iconface_video import locks
 from iconface_video.batch.manifest import FileRecord, manifest_path, read_manifest, set_state, update_manifest
-from iconface_video.batch.queue import BatchOptions, Skip, expand_inputs, plan, worker_specs
-from iconface_video.batch.split import group_segments
+from iconface_video.batch.items import BatchOptions
+from iconface_video.batch.local_backend import worker_specs
+from iconface_video.batch.schedule import Skip, expand_inputs, files_to_do, group_segments, restorer_version
 from iconface_video.errors import InputError
 
 
@@ -38,7 +39,7 @@ def test_manifest_round_trip_and_state_change(tmp_path):
     assert loaded["b.mp4"].state == "pending"
     assert json.loads(path.read_text())["version"] == 1
     assert oct(path.stat().st_mode & 0o777) == "0o644"
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")], "temporary files left behind"
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name], "temporary files left behind"
 
 
 def _hammer(path: str, prefix: str, count: int) -> None:
@@ -129,7 +130,7 @@ def test_unreadable_lock_is_stale_only_after_a_grace_period():
     assert locks.is_stale(None, now - 60, now, 600, "h")
 
 
-# ---------------------------------------------------------------------------- planning
+# ---------------------------------------------------------------------------- scheduling
 
 
 def test_expand_inputs_globs_folders_and_errors(tmp_path):
@@ -142,7 +143,7 @@ def test_expand_inputs_globs_folders_and_errors(tmp_path):
         expand_inputs([str(tmp_path / "*.avi")])
 
 
-def test_plan_skips_done_retries_failed_and_redoes_changed_settings(tmp_path):
+def test_files_to_do_skips_done_retries_failed_and_redoes_changed_settings(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     out.mkdir()
@@ -164,7 +165,7 @@ def test_plan_skips_done_retries_failed_and_redoes_changed_settings(tmp_path):
         "changed.mp4": entry("changed.mp4", "done", {"crf": 30}),
         "vanished.mp4": entry("vanished.mp4", "done"),
     })
-    todo, skipped = plan(inputs, options, settings, {})
+    todo, skipped = files_to_do(inputs, options, settings, {})
     assert sorted(Path(r.output).name for r in todo) == ["changed.mp4", "failed.mp4", "new.mp4", "running.mp4", "vanished.mp4"]
     assert skipped == [Skip(src / "done.mp4", out / "done.mp4", "done")]
     manifest = read_manifest(manifest_path(out))
@@ -173,11 +174,11 @@ def test_plan_skips_done_retries_failed_and_redoes_changed_settings(tmp_path):
     assert manifest["failed.mp4"].state == "failed" and manifest["changed.mp4"].settings == {"crf": 30}
     assert [r.attempts for r in todo if r.output.endswith("failed.mp4")] == [1]
 
-    todo, skipped = plan(inputs, replace(options, retry_failed=False), settings, {})
+    todo, skipped = files_to_do(inputs, replace(options, retry_failed=False), settings, {})
     assert [s.output.name for s in skipped] == ["done.mp4", "failed.mp4"]
 
 
-def test_plan_redoes_done_files_when_the_restorer_changes(tmp_path):
+def test_files_to_do_redoes_done_files_when_the_restorer_changes(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     src.mkdir()
     out.mkdir()
@@ -186,15 +187,14 @@ def test_plan_redoes_done_files_when_the_restorer_changes(tmp_path):
     old = {"restorer": "core.safetensors sha256:aaaa"}
     update_manifest(manifest_path(out), {"a.mp4": FileRecord(str(src / "a.mp4"), str(out / "a.mp4"), state="done",
                                                              settings={"crf": 18}, models=old)})
-    assert plan([src / "a.mp4"], BatchOptions(out_dir=out), {"crf": 18}, old)[0] == []
-    todo, _ = plan([src / "a.mp4"], BatchOptions(out_dir=out), {"crf": 18}, {"restorer": "core.safetensors sha256:bbbb"})
+    assert files_to_do([src / "a.mp4"], BatchOptions(out_dir=out), {"crf": 18}, old)[0] == []
+    todo, _ = files_to_do([src / "a.mp4"], BatchOptions(out_dir=out), {"crf": 18}, {"restorer": "core.safetensors sha256:bbbb"})
     assert [r.models["restorer"] for r in todo] == ["core.safetensors sha256:bbbb"]
 
 
 def test_restorer_version_names_and_hashes_the_checkpoint(tmp_path):
     import hashlib
 
-    from iconface_video.batch.queue import restorer_version
     from iconface_video.errors import MissingModelError
 
     path = tmp_path / "core.safetensors"
@@ -204,7 +204,7 @@ def test_restorer_version_names_and_hashes_the_checkpoint(tmp_path):
         restorer_version(str(tmp_path / "missing.safetensors"))
 
 
-def test_plan_refuses_foreign_outputs_and_name_clashes(tmp_path):
+def test_files_to_do_refuses_foreign_outputs_and_name_clashes(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     out = tmp_path / "out"
@@ -212,16 +212,16 @@ def test_plan_refuses_foreign_outputs_and_name_clashes(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder / "e01.mkv").write_bytes(b"x")
     with pytest.raises(InputError, match="would both be written"):
-        plan([tmp_path / "a" / "e01.mkv", tmp_path / "b" / "e01.mkv"], BatchOptions(out_dir=out), {}, {})
+        files_to_do([tmp_path / "a" / "e01.mkv", tmp_path / "b" / "e01.mkv"], BatchOptions(out_dir=out), {}, {})
     (tmp_path / "b" / "e01.mp4").write_bytes(b"x")
     with pytest.raises(InputError, match="would both write their analysis to"):
-        plan([tmp_path / "a" / "e01.mkv", tmp_path / "b" / "e01.mp4"], BatchOptions(out_dir=out), {}, {})
+        files_to_do([tmp_path / "a" / "e01.mkv", tmp_path / "b" / "e01.mp4"], BatchOptions(out_dir=out), {}, {})
     with pytest.raises(InputError, match="output folder is the input's folder"):
-        plan([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=tmp_path / "a"), {}, {})
+        files_to_do([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=tmp_path / "a"), {}, {})
     (out / "e01.mkv").write_bytes(b"someone else's")
-    todo, skipped = plan([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=out), {}, {})
+    todo, skipped = files_to_do([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=out), {}, {})
     assert not todo and "not made by this batch" in skipped[0].reason
-    todo, _ = plan([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=out, overwrite=True), {}, {})
+    todo, _ = files_to_do([tmp_path / "a" / "e01.mkv"], BatchOptions(out_dir=out, overwrite=True), {}, {})
     assert len(todo) == 1
 
 

@@ -26,7 +26,7 @@ def test_round_trip_restores_identical_crops(tmp_path):
     meta = json.loads(sidecar_path(path).read_text())
     assert meta["version"] == 2 and meta["crop_size"] == 32 and meta["template"] == "arcface"
     assert meta["id_encoder"] == "proxy" and meta["training"]["steps"] == 12
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["core.json", "core.safetensors"], "temporary files left"
     loaded = Restorer.from_checkpoint(path)
     assert loaded.config == model.config and (loaded.crop_size, loaded.ref_size) == (32, 16)
     lq, track, refs, ref_track = mixed_inputs(model.config)

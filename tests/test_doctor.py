@@ -26,7 +26,7 @@ def test_every_area_is_checked_once_per_line(report):
     result, checks, _ = report
     names = [c["name"] for c in checks]
     for expected in ("python", "torch", "cuda", "triton", "codec libx264", "codec libx265", "codec libvpx-vp9",
-                     "codec libsvtav1", "codec aac", "decord", "insightface", "facexlib", "dlib", "disk", "ray"):
+                     "codec libsvtav1", "codec aac", "insightface", "facexlib", "dlib", "disk", "ray"):
         assert expected in names
     assert {f"weights {m.name}" for m in MODELS} <= set(names)
     assert len(names) == len(set(names))

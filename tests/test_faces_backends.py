@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from iconface_video.errors import BadWeightsError, MissingModelError
+from iconface_video.errors import BadWeightsError, InputError, MissingModelError
 from iconface_video.faces.detect import load_detector
 
 pytest.importorskip("onnx")
@@ -181,3 +181,31 @@ def test_facexlib_wrong_shape_and_code_pickle_are_refused(tmp_path, monkeypatch)
         pickle.dump({"x": Payload()}, handle, protocol=2)
     with pytest.raises(BadWeightsError, match="refused"):
         load_detector("facexlib", models_dir=tmp_path)
+
+
+def test_the_per_image_loop_drops_small_faces_sorts_and_maps_back():
+    from iconface_video.faces.backend import detect_each, min_face_px
+    from iconface_video.faces.orientation import points_to_stored
+
+    stored = np.zeros((60, 100, 3), np.uint8)
+    seen = []
+    rows = np.array([[10, 10, 20, 20, 0.95], [0, 0, 40, 40, 0.7], [5, 50, 45, 95, 0.9]], np.float32)
+    points = np.arange(30, dtype=np.float32).reshape(3, 5, 2)
+
+    def find(view):
+        seen.append(view.shape)
+        return rows, points
+
+    assert min_face_px(None, 60, 100) == 20.0 and min_face_px(None, 1080, 1920) == 27.0 and min_face_px(8, 60, 100) == 8.0
+    faces = detect_each(find, None, [stored], [5], rotation=90)[0]
+    assert seen == [(100, 60, 3)]  # the backend searched the upright view
+    assert [f.score for f in faces] == pytest.approx([0.9, 0.7])  # the 10 px face is below 20 px; best first
+    assert all(f.frame_index == 5 for f in faces)
+    assert np.array_equal(faces[0].kps5, points_to_stored(points[2], 90, (60, 100)))
+    # One quarter turn: stored (x, y) = (W - 1 - upright y, upright x), W = 100.
+    assert faces[0].box == (99.0 - 95.0, 5.0, 99.0 - 50.0, 45.0)
+    assert len(detect_each(find, 5, [stored], rotation=0)[0]) == 3
+    with pytest.raises(ValueError, match="one entry per image"):
+        detect_each(find, None, [stored], [1, 2])
+    with pytest.raises(InputError, match="image 0: expected uint8"):
+        detect_each(find, None, [stored.astype(np.float32)])

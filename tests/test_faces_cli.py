@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
-import cv2
 import numpy as np
 import pytest
 from cli_helpers import cli_exit_code
+
+from iconface_video.imageio import imread, imwrite
 
 
 @pytest.mark.media
@@ -24,9 +25,9 @@ def test_faces_json_embed_and_save(media_dir, tmp_path, capsys):
         assert len(face["kps5"]) == 5 and face["score"] > 0.9
         assert len(face["embedding"]) == 128
         assert face["embedding_norm"] == pytest.approx(np.linalg.norm(face["embedding"]), rel=1e-3)
-    drawn = cv2.imread(str(saved))
+    drawn = imread(saved)
     assert drawn.shape == (661, 1126, 3)
-    assert not np.array_equal(drawn, cv2.imread(str(photo)))  # something was drawn
+    assert not np.array_equal(drawn, imread(photo))  # something was drawn
     assert not list(tmp_path.glob("*.part"))
 
 
@@ -42,7 +43,7 @@ def test_faces_on_a_video_frame_prints_a_table(media_dir, capsys):
 
 def test_image_without_faces_says_so(tmp_path, capsys):
     blank = tmp_path / "wall.png"
-    cv2.imwrite(str(blank), np.full((200, 300, 3), 90, np.uint8))
+    imwrite(blank, np.full((200, 300, 3), 90, np.uint8))
     assert cli_exit_code(["faces", str(blank), "--detector", "mtcnn"]) == 0
     assert "no faces found" in capsys.readouterr().out
     assert cli_exit_code(["faces", str(blank), "--json", "--detector", "mtcnn"]) == 0
@@ -62,6 +63,6 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert cli_exit_code(["faces", str(tmp_path / "missing.jpg")]) == 2
     assert "no such file" in capsys.readouterr().err
     blank = tmp_path / "wall.png"
-    cv2.imwrite(str(blank), np.full((50, 50, 3), 90, np.uint8))
+    imwrite(blank, np.full((50, 50, 3), 90, np.uint8))
     assert cli_exit_code(["faces", str(blank), "--save", str(tmp_path / "no" / "dir" / "x.png")]) == 2
     assert "folder does not exist" in capsys.readouterr().err

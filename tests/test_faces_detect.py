@@ -19,8 +19,9 @@ from iconface_video.faces.align import (
     template,
     transform_points,
 )
-from iconface_video.faces.detect import load_detector, points_to_stored
+from iconface_video.faces.detect import load_detector
 from iconface_video.faces.draw import annotate, contact_sheet, draw_template
+from iconface_video.faces.orientation import points_to_stored
 from iconface_video.imageio import imread, imwrite
 
 GROUND_TRUTH = json.loads((Path(__file__).parent / "data" / "faces_groundtruth.json").read_text())

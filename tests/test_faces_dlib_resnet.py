@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from iconface_video.errors import BadWeightsError, MissingModelError
-from iconface_video.faces.align import fit_similarity, images_to_tensor, template, warp_faces
+from iconface_video.faces.align import (
+    DLIB_TEMPLATE_150,
+    arcface112_to,
+    fit_similarity,
+    images_to_tensor,
+    template,
+    warp_faces,
+)
 from iconface_video.faces.dlib_dat import read_dat
 from iconface_video.faces.dlib_resnet import (
     CONVERTED_FILE,
@@ -17,7 +24,7 @@ from iconface_video.faces.dlib_resnet import (
     DlibResNet,
     load_dlib_resnet,
 )
-from iconface_video.faces.embed import DLIB_TEMPLATE_150, arcface112_to, cosine, load_embedder
+from iconface_video.faces.embed import cosine, load_embedder
 from iconface_video.imageio import imread
 from iconface_video.weights import find_model_file, get_model, verify
 

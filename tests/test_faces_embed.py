@@ -18,6 +18,7 @@ from iconface_video.errors import InputError
 from iconface_video.faces.align import align_crops
 from iconface_video.faces.detect import load_detector
 from iconface_video.faces.embed import cosine, load_embedder, roc_auc
+from iconface_video.faces.photos import main_face
 from iconface_video.imageio import imread
 
 
@@ -55,10 +56,9 @@ def test_dlib_verification_on_deepface_labelled_pairs(embedder, media_dir, capsy
     vectors = {}
     for name in sorted({p[0] for p in pairs} | {p[1] for p in pairs}):
         image = read_rgb(folder / name)
-        faces = detector.detect([image])[0]
-        assert faces, f"no face found in {name}"
-        largest = max(faces, key=lambda f: f.eye_distance)
-        vectors[name] = embedder.embed(image, largest.kps5[None])[0]
+        face = main_face(detector.detect([image])[0])
+        assert face is not None, f"no face found in {name}"
+        vectors[name] = embedder.embed(image, face.kps5[None])[0]
     labels = np.array([same for _, _, same in pairs])
     scores = np.array([cosine(vectors[a][None], vectors[b][None])[0, 0] for a, b, _ in pairs])
     auc = roc_auc(labels, scores)

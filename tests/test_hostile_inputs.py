@@ -125,7 +125,8 @@ def people(tmp_path) -> Path:
 @pytest.fixture(scope="module")
 def analysed(tmp_path_factory) -> Path:
     """A real analysis file (made by ``analyze``) of a 6-frame clip like the ``clip`` fixture's."""
-    from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.analysis.video import analyze_video
 
     folder = tmp_path_factory.mktemp("analysed")
     video = make_clip(folder / "clip.mp4", ClipSpec(frames=6, width=64, height=48))
@@ -535,8 +536,8 @@ def test_usage_errors_are_one_line(tmp_path, capsys, args, needle):
 def test_chroma_format_is_kept(tmp_path, pix_fmt):
     """4:4:4 and 4:2:2 sources were written 4:2:0, halving their colour resolution."""
     from iconface_video.io.probe import probe
-    from iconface_video.io.writer import EncodeSettings
-    from iconface_video.pipeline import JobSettings, run_job
+    from iconface_video.io.encoding import EncodeSettings
+    from iconface_video.job import JobSettings, run_job
 
     source = make_clip(tmp_path / "c.mkv", ClipSpec(frames=4, pix_fmt=pix_fmt))
     run_job(source, tmp_path / "o.mkv", JobSettings(encode=EncodeSettings(preset="ultrafast")))
@@ -578,7 +579,7 @@ def test_non_utf8_file_name_runs_end_to_end(tmp_path):
 
 LOCK_HOLDER = textwrap.dedent("""
     import sys, time
-    from iconface_video.pipeline import output_lock
+    from iconface_video.job import output_lock
     with output_lock(sys.argv[1]):
         print("held", flush=True)
         time.sleep(120)
@@ -597,8 +598,8 @@ def test_second_run_on_the_same_output_stops_at_once(tmp_path, capsys, clip, ana
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # A run killed with -9 leaves its lock; the next run breaks it (its holder is gone) and works.
-    from iconface_video.pipeline import JobSettings, run_job
-    from iconface_video.io.writer import EncodeSettings
+    from iconface_video.job import JobSettings, run_job
+    from iconface_video.io.encoding import EncodeSettings
 
     result = run_job(clip, output, JobSettings(encode=EncodeSettings(preset="ultrafast")))
     assert result.frames == 6 and output.is_file()
@@ -616,8 +617,8 @@ def _damage(video: Path) -> Path:
 
 def test_damage_outside_the_changed_range_does_not_stop_a_job(tmp_path, sample):
     from iconface_video.errors import InputError
-    from iconface_video.io.writer import EncodeSettings
-    from iconface_video.pipeline import JobSettings, run_job
+    from iconface_video.io.encoding import EncodeSettings
+    from iconface_video.job import JobSettings, run_job
 
     damaged = _damage(sample)
     encode = EncodeSettings(preset="ultrafast", segment_frames=30)

@@ -19,12 +19,12 @@ import sys
 
 from clipgen import ClipSpec, make_clip
 
-from iconface_video.io.transcode import encode_range, finish, make_plan
-from iconface_video.io.writer import (
+from iconface_video.io.encoding import (
     CODECS,
     EncodeSettings,
     x264_mbtree_is_deterministic,
 )
+from iconface_video.io.transcode import encode_range, finish, make_plan
 
 # (clip, codec): 128 px = 8 macroblocks, where x264 keeps macroblock-tree; 160 px = 10, where
 # 8-bit x264 must go without; 10-bit x264 keeps it at any width.
@@ -34,7 +34,7 @@ ENCODE_ALL = """
 import hashlib, json, shutil, sys
 from pathlib import Path
 from iconface_video.io.transcode import encode_range, make_plan
-from iconface_video.io.writer import EncodeSettings
+from iconface_video.io.encoding import EncodeSettings
 
 digests = {}
 for job in sys.argv[3:]:
@@ -84,7 +84,7 @@ def test_mbtree_is_kept_only_where_x264_repeats_itself():
 RESUME_JOB = """
 import sys
 from iconface_video.io.transcode import encode_range, finish, make_plan
-from iconface_video.io.writer import EncodeSettings
+from iconface_video.io.encoding import EncodeSettings
 
 plan = make_plan(sys.argv[1], sys.argv[2], EncodeSettings(segment_frames=8))
 todo = plan.pending() if sys.argv[3] == "pending" else [int(i) for i in sys.argv[3].split(",")]

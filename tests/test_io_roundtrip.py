@@ -21,11 +21,12 @@ import pytest
 
 from clipgen import ClipSpec, frame_image, frame_times, make_clip, stream_packets
 from iconface_video.errors import OutputError, UserError
+from iconface_video.io.encoding import EncodeSettings
 from iconface_video.io.probe import probe
 from iconface_video.io.reader import read_frames
 from iconface_video.io.transcode import encode_range, finish, make_plan, segment_ranges
-from iconface_video.io.writer import EncodeSettings, rebuilt_dts
-from iconface_video.pipeline import JobSettings, run_job
+from iconface_video.io.writer import rebuilt_dts
+from iconface_video.job import JobSettings, run_job
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIA = "src/Breakthrough__PySceneDetect/tests/resources"
@@ -202,8 +203,8 @@ def test_changed_settings_never_reuse_segments(tmp_path):
 
 SLOW_JOB = """
 import sys, time
-from iconface_video.io.writer import EncodeSettings
-from iconface_video.pipeline import JobSettings, run_job
+from iconface_video.io.encoding import EncodeSettings
+from iconface_video.job import JobSettings, run_job
 from iconface_video.progress import Progress
 
 def slow(frames):

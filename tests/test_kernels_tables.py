@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from iconface_video.kernels.bench import crop_offsets, cross_table, one_way_table
-from iconface_video.kernels.ranged_attention import check_table, transposed_table
+from iconface_video.kernels.range_tables import check_table, transposed_table
 
 
 def _readers(intervals: torch.Tensor, readers: torch.Tensor) -> dict[tuple[int, int], list[tuple[int, int]]]:

@@ -19,7 +19,8 @@ import pytest
 import torch
 from render_fixtures import IdentityRestorer, ellipse_mask
 
-from iconface_video.analysis.schema import VERSION, Analysis, HarvestedReference
+from iconface_video.analysis.schema import Analysis, HarvestedReference
+from iconface_video.analysis.validation import VERSION
 from iconface_video.core.restorer import RestoreOutput
 from iconface_video.faces.align import fit_similarity, images_to_tensor, warp_faces
 from iconface_video.faces.embed import load_embedder
@@ -27,7 +28,7 @@ from iconface_video.imageio import imread, imwrite
 from iconface_video.io.reader import read_frames
 from iconface_video.render.guard import GAIN_STEPS, TrackGuardStats, anchor_of, choose_gains
 from iconface_video.render.plan import side_template
-from iconface_video.render.render import RenderOptions, render_video
+from iconface_video.render import RenderOptions, render_video
 from iconface_video.types import FaceObs, Frame, Identity, Reference, Shot, Track
 
 N = 4
@@ -120,7 +121,7 @@ class StillRestorer(IdentityRestorer):
 def clip(people, tmp_path_factory):
     """A few frames of the first person (a window of the photo drifting by a pixel a frame),
     its analysis with one track, and a harvested reference (the photo's face)."""
-    from test_render_fixtures import write_clip
+    from render_fixtures import write_clip
 
     tmp = tmp_path_factory.mktemp("guard")
     image, kps = people["obama"]

@@ -24,7 +24,7 @@ from render_fixtures import (
 
 from iconface_video.analysis.schema import save_analysis
 from iconface_video.io.reader import read_frames
-from iconface_video.render.render import RenderOptions, render_video
+from iconface_video.render import RenderOptions, render_video
 
 N, CUT = 24, 10
 # Lossless so decoded pictures are exact whatever multithreaded x264 decides (see test_render_video).
@@ -34,8 +34,8 @@ CHILD = textwrap.dedent("""
     import sys, time, torch
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
-    from iconface_video.render.render import RenderOptions, render_video
-    from test_render_fixtures import ellipse_mask, tiny_restorer
+    from iconface_video.render import RenderOptions, render_video
+    from render_fixtures import ellipse_mask, tiny_restorer
 
     core = tiny_restorer()
 
@@ -104,7 +104,7 @@ def test_segments_are_keyed_to_the_weights_options_and_analysis(job):
     import json
 
     from iconface_video.analysis.schema import load_analysis
-    from iconface_video.render.render import _process_key
+    from iconface_video.render.prepare import _process_key
 
     tmp, clip, analysis_path, whole = job
     analysis = load_analysis(analysis_path)

@@ -16,11 +16,12 @@ import pytest
 import torch
 from render_fixtures import IdentityRestorer, ellipse_mask, face_points, textured_frames, write_clip
 
-from iconface_video.analysis.schema import VERSION, Analysis
+from iconface_video.analysis.schema import Analysis
+from iconface_video.analysis.validation import VERSION
 from iconface_video.faces.align import fit_similarity
 from iconface_video.io.reader import read_frames
 from iconface_video.render.plan import side_template
-from iconface_video.render.render import RenderOptions, render_video
+from iconface_video.render import RenderOptions, render_video
 from iconface_video.types import FaceObs, Identity, Shot, Track
 
 N, WIDTH, HEIGHT, EYES = 3, 1920, 1080, 130.0

@@ -25,11 +25,11 @@ from render_fixtures import (
 
 from iconface_video.analysis.schema import save_analysis
 from iconface_video.errors import InputError, UserError
+from iconface_video.io.encoding import EncodeSettings
 from iconface_video.io.reader import read_frames
-from iconface_video.io.writer import EncodeSettings
-from iconface_video.pipeline import JobSettings, run_job
+from iconface_video.job import JobSettings, run_job
+from iconface_video.render import RenderOptions, render_video
 from iconface_video.render.blend import is_greyscale
-from iconface_video.render.render import RenderOptions, render_video
 
 N, CUT = 16, 8
 # Multithreaded x264 is not deterministic here (the same frames encoded twice decode to
@@ -104,18 +104,30 @@ def test_no_refs_changes_only_the_person_with_references(setup):
     assert all(same[CUT:]), "identity 1 has no reference: nothing changes"
 
 
-def test_refs_from_a_photo_folder(setup, media_dir, tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
+def test_refs_from_a_photo_folder_join_the_analysis(setup, media_dir, tmp_path):
+    """``render --refs``: the photos become references in the analysis file (the analysis resolves
+    photos, never the render), and the render then restores Anna, and only her, differently."""
+    from iconface_video.analysis.photos import add_photo_references
+    from iconface_video.analysis.settings import AnalyzeSettings
+
     source = media_dir / "src/ageitgey__face_recognition/examples/obama-480p.jpg"
     if not source.is_file():
         pytest.skip("reference photo missing from the shared media")
+    photos = tmp_path / "photos"
+    photos.mkdir()
     (photos / "obama.jpg").write_bytes(source.read_bytes())
-    with_photo = _run(setup, "photo", refs=(("Anna", str(photos)),))
-    same = _same(with_photo, setup["base"])
+    analysis_path = tmp_path / "clip.iconface.json"
+    save_analysis(setup["analysis"], analysis_path)  # the file rounds landmarks: compare renders of files
+    before = _frames(_render(setup["tmp"], setup["clip"], analysis_path, setup["restorer"], "no-photo"))
+    with pytest.raises(InputError, match="no identity named"):
+        add_photo_references(analysis_path, (("Nobody", photos),), AnalyzeSettings())
+    analysis = add_photo_references(analysis_path, (("anna", photos),), AnalyzeSettings())
+    anna = [r for r in analysis.references_for(0)]
+    assert [r.reference.source for r in anna if r.reference.frame_index < 0] == [str(photos / "obama.jpg")]
+    assert all(r.crop_path.is_file() for r in anna)
+    out = _render(setup["tmp"], setup["clip"], analysis_path, setup["restorer"], "photo")
+    same = _same(_frames(out), before)
     assert not any(same[:CUT]) and all(same[CUT:])
-    with pytest.raises(UserError, match="no identity named"):
-        _run(setup, "bad", refs=(("Nobody", str(photos)),))
 
 
 def test_identities_selects_people(setup):

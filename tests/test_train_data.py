@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from train_fixtures import make_identity_folder
 
 from iconface_video.errors import UserError
 from iconface_video.train import degrade as D
-from train_fixtures import make_identity_folder
-
 from iconface_video.train.data import (
     FaceSampler,
     RefSchedule,

@@ -20,7 +20,8 @@ from train_fixtures import MICRO_CORE, make_identity_folder
 
 from iconface_video.errors import UserError
 from iconface_video.train.config import TrainConfig, load_train_config
-from iconface_video.train.trainer import lr_at, read_log, train
+from iconface_video.train.logs import read_log
+from iconface_video.train.trainer import lr_at, train
 
 
 

@@ -1,39 +1,57 @@
 """Reference harvesting: how reliable each face observation is, and the best few per identity.
 
-Every detected face gets named reliability terms in [0, 1] (``ReliabilityTerms``):
+Every detected face gets named reliability terms in [0, 1] (``ReliabilityTerms``; those measured
+on the face's pixels alone live in ``analysis.quality``):
 
-- ``sharpness``: detail of the ArcFace-aligned 224 crop (variance of the Laplacian less white
-  noise's share, from an estimate of the crop's noise), so grain is not detail;
+- ``sharpness``: detail of the ArcFace-aligned 224 crop (variance of the Laplacian, discounted
+  for the face's native noise and codec blocks, so grain is not detail); for an identity whose
+  best frames are all soft (small faces, old footage), grain-free detail relative to its
+  sharpest frames; frames below an absolute floor (``min_structure``) are never references;
 - ``size``: inter-ocular distance on a log scale (12 px -> 0, 96 px -> 1);
 - ``frontality``: yaw and pitch read from the 5 landmarks (nose against the eye/mouth frame);
 - ``detector``: the detector's confidence;
 - ``exposure``: mid-tone mean and few clipped pixels in the aligned crop;
+- ``occlusion``: a factor, 1 unless sunglasses, a hand or a microphone hide the eyes or the
+  mouth (down to ``occlusion_floor``);
 - ``identity_norm``: the encoder's feature-norm quality signal where it has one (AdaFace); 1 and
   left out of the total for encoders without one (dlib, ArcFace);
 - ``centroid_agreement``: cosine similarity with the identity's centroid, mapped so that
   "surely someone else" is 0 (known only once identities exist, at the end of the analysis).
 
 ``total`` is a weighted geometric mean, so one failing term (a profile, a wrong person) sinks a
-candidate however good the rest are. While the video streams, each track keeps a small pool of
-its best candidates (spread in time), their loose crops written as PNGs to a folder; at the end
-``select_references`` picks the top K per identity with diversity in time and pose.
+candidate however good the rest are, times the occlusion factor. While the video streams, each
+track keeps a small pool of its best candidates (spread in time), their loose crops written as
+PNGs to a folder; at the end ``select_references`` picks the top K per identity with diversity
+in time and pose.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import cv2
 import numpy as np
 
+from iconface_video.analysis.quality import (
+    Detail,
+    NativeQuality,
+    exposure_term,
+    frontality_term,
+    measure_detail,
+    native_quality,
+    occlusion_evidence,
+    size_term,
+    yaw_pitch,
+)
+from iconface_video.imageio import imencode
 from iconface_video.types import FaceObs, ReliabilityTerms
 
 ALIGNED_SIZE = 224  # sharpness and exposure are measured on ArcFace-aligned crops of this size
-TERM_NAMES = ("sharpness", "size", "frontality", "detector", "exposure", "identity_norm", "centroid_agreement")
+TERM_NAMES = tuple(name for name in ReliabilityTerms.__dataclass_fields__ if name != "total")
 
 
 @dataclass(frozen=True)
@@ -46,7 +64,14 @@ class HarvestSettings:
     crop_scale: float = 2.0  # loose crop side = this x the face box's longer side
     max_crop_side: int = 512  # larger crops are downscaled (the restorer works at <= 512)
     min_eye_distance: float = 10.0  # smaller faces never become references
-    sharpness_scale: float = 300.0  # Laplacian variance (224 crop) giving sharpness 0.5: clean faces 300-1300, blurred 5-120
+    # ... nor faces with less ``Detail.structure``: the median face filmed with 4-5 px between the
+    # eyes, or blurred by a Gaussian a ninth of the eye distance wide; nobody could recognise them.
+    min_structure: float = 0.15
+    # Laplacian variance (224 crop) giving sharpness 0.5: clean faces 300-1300, blurred 5-120. An
+    # identity whose sharpest candidates are softer (small or old footage, where grain can be most
+    # of that variance) is scored on ``Detail.fine`` against half its sharpest candidates' instead,
+    # so its cleanest frames score 2/3 as the sharp ones of a sharp video do: relative to the video.
+    sharpness_scale: float = 300.0
     same_similarity: float = 0.91  # cosine to the centroid at which agreement is 0.5
     reject_similarity: float = 0.85  # ... and below which agreement is 0 (someone else)
     # Weights of the geometric mean; identity_norm's applies only where the encoder gives one.
@@ -54,121 +79,16 @@ class HarvestSettings:
         ("sharpness", 2.0), ("size", 1.0), ("frontality", 1.5), ("detector", 0.5),
         ("exposure", 1.0), ("identity_norm", 1.0), ("centroid_agreement", 2.0),
     )
+    occlusion_floor: float = 0.4  # the occlusion factor of a face surely covered (sunglasses, a hand)
 
 
 # --- the terms ---------------------------------------------------------------------------------
 
 def aligned_crops(image: np.ndarray, kps5: np.ndarray) -> np.ndarray:
     """ArcFace-aligned crops ``uint8[N, ALIGNED_SIZE, ALIGNED_SIZE, 3]`` of ``kps5`` float32[N, 5, 2] faces in one image."""
-    from iconface_video.faces.align import template
-    from iconface_video.faces.embed import warp_to_template
+    from iconface_video.faces.align import template, warp_to_template
 
     return warp_to_template(image, np.asarray(kps5, np.float32).reshape(-1, 5, 2), template("arcface", ALIGNED_SIZE), ALIGNED_SIZE)
-
-
-def noise_sigma(grey: np.ndarray) -> float:
-    """Gaussian noise std of ``float32[H, W]`` by Immerkaer's fast estimator (a 3x3 Laplacian-difference mask)."""
-    mask = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32)
-    response = cv2.filter2D(grey, cv2.CV_32F, mask, borderType=cv2.BORDER_REFLECT)[1:-1, 1:-1]
-    return float(math.sqrt(math.pi / 2) * np.abs(response).mean() / 6.0)
-
-
-def blockiness(grey: np.ndarray) -> float:
-    """How much stronger steps are across an 8-pixel grid than inside it (``float32[H, W]``, native pixels).
-
-    About 1 for a clean picture; block codecs starved of bits (JPEG, MPEG at low rates) raise it,
-    because their 8x8 blocks no longer join up. The grid phase is the one with the strongest steps.
-    """
-    steps_x = np.abs(np.diff(grey, axis=1)).mean(axis=0)
-    steps_y = np.abs(np.diff(grey, axis=0)).mean(axis=1)
-    ratios = []
-    for steps in (steps_x, steps_y):
-        usable = len(steps) // 8 * 8
-        if usable < 16:
-            return 1.0
-        phases = steps[:usable].reshape(-1, 8).mean(axis=0)
-        ratios.append(float(phases.max() / max(float(np.median(phases)), 1e-3)))
-    return float(np.mean(ratios))
-
-
-@dataclass(frozen=True)
-class NativeQuality:
-    """Noise and blockiness of the face measured in the frame's own pixels (before any resampling)."""
-
-    noise: float  # estimated white-noise std (0..255)
-    blockiness: float  # 1 = clean, larger = visible codec blocks
-
-
-def native_quality(image: np.ndarray, box: tuple[float, float, float, float]) -> NativeQuality:
-    """``NativeQuality`` of the face ``box`` in ``uint8[H, W, 3]`` (measured on its inner half, the skin and features)."""
-    x0, y0, x1, y1 = box
-    w, h = x1 - x0, y1 - y0
-    left, top = int(max(0, x0 + 0.2 * w)), int(max(0, y0 + 0.2 * h))
-    right, bottom = int(min(image.shape[1], x1 - 0.2 * w)), int(min(image.shape[0], y1 - 0.2 * h))
-    if right - left < 8 or bottom - top < 8:
-        return NativeQuality(0.0, 1.0)
-    grey = cv2.cvtColor(np.ascontiguousarray(image[top:bottom, left:right]), cv2.COLOR_RGB2GRAY).astype(np.float32)
-    # Blockiness needs the codec's grid, which is anchored at the frame's origin: measure from a multiple of 8.
-    grid = grey[(8 - top % 8) % 8:, (8 - left % 8) % 8:]
-    return NativeQuality(noise_sigma(grey), blockiness(grid))
-
-
-def sharpness_term(aligned: np.ndarray, scale: float, native: NativeQuality | None = None) -> float:
-    """Detail in ``uint8[S, S, 3]`` aligned crop, discounted for noise and codec blocks.
-
-    Detail is the Laplacian variance inside the face. Grain and block edges also have high
-    Laplacian energy but are not detail a restorer can use, so the score is divided down by the
-    face's native noise (beyond a film-grain floor of 4) and blockiness (beyond 1.3: well-made
-    JPEG photos measure up to ~1.27, JPEG at quality 15 measures 1.7-3.5).
-    """
-    grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    margin = grey.shape[0] // 8  # measure inside the face: the corners are background or padding
-    inner = grey[margin:-margin, margin:-margin]
-    detail = float(cv2.Laplacian(inner, cv2.CV_32F, ksize=1).var())
-    native = native or NativeQuality(noise_sigma(inner), 1.0)
-    noise_discount = 1.0 / (1.0 + (max(native.noise - 4.0, 0.0) / 5.0) ** 2)
-    block_discount = 1.0 / (1.0 + (max(native.blockiness - 1.3, 0.0) / 0.3) ** 2)
-    return float(detail / (detail + scale) * noise_discount * block_discount)
-
-
-def size_term(obs: FaceObs) -> float:
-    """Inter-ocular distance on a log scale: 12 px -> 0, 96 px -> 1."""
-    return float(np.clip(math.log2(max(obs.eye_distance, 1e-3) / 12.0) / 3.0, 0.0, 1.0))
-
-
-def yaw_pitch(kps5: np.ndarray) -> tuple[float, float]:
-    """Signed yaw and pitch proxies from ArcFace-order points, 0 for a frontal face.
-
-    Yaw: how far the nose sits from the eye/mouth midline, in eye distances. Pitch: how far the
-    nose sits from its frontal height between the eye line and the mouth line.
-    """
-    kps = np.asarray(kps5, np.float64)
-    eyes_mid, mouth_mid = (kps[0] + kps[1]) / 2, (kps[3] + kps[4]) / 2
-    axis = mouth_mid - eyes_mid
-    length = max(float(np.linalg.norm(axis)), 1e-6)
-    down = axis / length
-    across = np.array([down[1], -down[0]])  # perpendicular to the face's vertical axis
-    nose = kps[2] - eyes_mid
-    eye_distance = max(float(np.linalg.norm(kps[1] - kps[0])), 1e-6)
-    yaw = float(nose @ across) / max(eye_distance, length)
-    pitch = float(nose @ down) / length - 0.55  # frontal faces put the nose ~55% of the way down
-    return yaw, pitch
-
-
-def frontality_term(kps5: np.ndarray) -> float:
-    yaw, pitch = yaw_pitch(kps5)
-    return float(np.clip(1.0 - (abs(yaw) / 0.45) ** 2 - (abs(pitch) / 0.35) ** 2, 0.0, 1.0))
-
-
-def exposure_term(aligned: np.ndarray) -> float:
-    """Mid-tone mean and few clipped pixels in the face (``uint8[S, S, 3]`` aligned crop)."""
-    grey = cv2.cvtColor(aligned, cv2.COLOR_RGB2GRAY)
-    margin = grey.shape[0] // 8
-    inner = grey[margin:-margin, margin:-margin].astype(np.float32)
-    mean = float(inner.mean()) / 255.0
-    clipped = float(((inner <= 3) | (inner >= 252)).mean())
-    level = 1.0 - (max(abs(mean - 0.45) - 0.15, 0.0) / 0.3) ** 2
-    return float(np.clip(level, 0.0, 1.0) * (1.0 - clipped))
 
 
 def agreement_term(similarity: float, settings: HarvestSettings) -> float:
@@ -182,27 +102,32 @@ def agreement_term(similarity: float, settings: HarvestSettings) -> float:
 
 
 def total_score(terms: dict[str, float], settings: HarvestSettings, uses_norm: bool) -> float:
-    """Weighted geometric mean of the terms present (``identity_norm`` only if ``uses_norm``)."""
+    """Weighted geometric mean of the terms present (``identity_norm`` only if ``uses_norm``),
+    times the ``occlusion`` factor: a covered face is worth that much less whatever its other
+    merits, and an uncovered one (factor 1) scores exactly as without the factor."""
     log_sum, weight_sum = 0.0, 0.0
     for name, weight in settings.weights:
         if name not in terms or (name == "identity_norm" and not uses_norm):
             continue
         log_sum += weight * math.log(max(terms[name], 1e-6))
         weight_sum += weight
-    return float(math.exp(log_sum / weight_sum)) if weight_sum else 0.0
+    return float(math.exp(log_sum / weight_sum)) * terms.get("occlusion", 1.0) if weight_sum else 0.0
 
 
 def observation_terms(aligned: np.ndarray, obs: FaceObs, settings: HarvestSettings,
-                      identity_norm: float | None = None, native: NativeQuality | None = None) -> dict[str, float]:
+                      identity_norm: float | None = None, native: NativeQuality | None = None,
+                      detail: Detail | None = None) -> dict[str, float]:
     """Every term but ``centroid_agreement`` for one detection, its ``uint8[S, S, 3]`` aligned crop
-    and its ``native_quality`` in the frame."""
+    and its ``native_quality`` in the frame (``detail``: the crop's ``measure_detail``, if known)."""
+    detail = detail or measure_detail(aligned, native)
     return {
-        "sharpness": sharpness_term(aligned, settings.sharpness_scale, native),
+        "sharpness": detail.term(settings.sharpness_scale),
         "size": size_term(obs),
         "frontality": frontality_term(obs.kps5),
         "detector": float(np.clip(obs.score, 0.0, 1.0)),
         "exposure": exposure_term(aligned),
         "identity_norm": 1.0 if identity_norm is None else float(np.clip(identity_norm, 0.0, 1.0)),
+        "occlusion": 1.0 - (1.0 - settings.occlusion_floor) * occlusion_evidence(aligned),
     }
 
 
@@ -272,6 +197,7 @@ class Candidate:
     crop_file: str
     crop_kps5: np.ndarray  # float32[5, 2] in the crop
     crop_transform: np.ndarray  # float32[2, 3] stored frame -> crop
+    detail: Detail  # what the sharpness term was made of, to score it again against the identity's
 
 
 class CandidatePools:
@@ -295,14 +221,16 @@ class CandidatePools:
 
         Returns its reliability without centroid agreement. Only embedded detections can be kept.
         """
-        terms = observation_terms(aligned, obs, self.settings, identity_norm, native_quality(image, obs.box))
+        detail = measure_detail(aligned, native_quality(image, obs.box))
+        terms = observation_terms(aligned, obs, self.settings, identity_norm, detail=detail)
         partial = total_score(terms, self.settings, self.uses_norm)
         if obs.embedding is not None:
             unit = np.asarray(obs.embedding, np.float32)
             unit = unit / max(float(np.linalg.norm(unit)), 1e-12)
             weight = max(partial, 1e-3)
             self.embedding_sums[track] = self.embedding_sums.get(track, 0) + weight * unit
-        if obs.eye_distance < self.settings.min_eye_distance or obs.embedding is None:
+        if (obs.eye_distance < self.settings.min_eye_distance or detail.structure < self.settings.min_structure
+                or obs.embedding is None):
             return partial
         pool = self.pools.setdefault(track, [])
         near = [c for c in pool if abs(c.frame_index - obs.frame_index) < self.min_gap]
@@ -310,14 +238,14 @@ class CandidatePools:
             if all(partial > c.partial for c in near):
                 for c in near:
                     self._discard(pool, c)
-                pool.append(self._make(track, obs, image, terms, partial))
+                pool.append(self._make(track, obs, image, terms, partial, detail))
         elif len(pool) < self.settings.pool_size:
-            pool.append(self._make(track, obs, image, terms, partial))
+            pool.append(self._make(track, obs, image, terms, partial, detail))
         else:
             worst = min(pool, key=lambda c: c.partial)
             if partial > worst.partial:
                 self._discard(pool, worst)
-                pool.append(self._make(track, obs, image, terms, partial))
+                pool.append(self._make(track, obs, image, terms, partial, detail))
         return partial
 
     def track_embedding(self, track: int) -> np.ndarray | None:
@@ -332,17 +260,15 @@ class CandidatePools:
             _remove(self.folder / candidate.crop_file)
         self.embedding_sums.pop(track, None)
 
-    def _make(self, track: int, obs: FaceObs, image: np.ndarray, terms: dict[str, float], partial: float) -> Candidate:
+    def _make(self, track: int, obs: FaceObs, image: np.ndarray, terms: dict[str, float], partial: float,
+              detail: Detail) -> Candidate:
         crop = loose_crop(image, obs, self.settings.crop_scale, self.settings.max_crop_side)
         self.folder.mkdir(parents=True, exist_ok=True)
         name = f"t{track:05d}_f{obs.frame_index:07d}.png"
-        ok, data = cv2.imencode(".png", cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR))
-        if not ok:
-            raise RuntimeError(f"OpenCV could not encode the crop {name}")
-        (self.folder / name).write_bytes(data.tobytes())
+        (self.folder / name).write_bytes(imencode(".png", cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR)))
         return Candidate(track, obs.frame_index, tuple(float(v) for v in obs.box), np.asarray(obs.kps5, np.float32),
                          terms, partial, yaw_pitch(obs.kps5)[0],
-                         np.asarray(obs.embedding, np.float32), name, crop.kps5, crop.transform)
+                         np.asarray(obs.embedding, np.float32), name, crop.kps5, crop.transform, detail)
 
     def _discard(self, pool: list[Candidate], candidate: Candidate) -> None:
         pool.remove(candidate)
@@ -373,13 +299,15 @@ def candidate_to_json(c: Candidate) -> dict:
         "terms": c.terms, "partial": c.partial, "yaw": c.yaw,
         "embedding": None if c.embedding is None else c.embedding.tolist(),
         "crop_file": c.crop_file, "crop_kps5": c.crop_kps5.tolist(), "crop_transform": c.crop_transform.tolist(),
+        "detail": asdict(c.detail),
     }
 
 
 def candidate_from_json(d: dict) -> Candidate:
     return Candidate(d["track"], d["frame"], tuple(d["box"]), np.asarray(d["kps5"], np.float32), d["terms"],
                      d["partial"], d["yaw"], None if d["embedding"] is None else np.asarray(d["embedding"], np.float32),
-                     d["crop_file"], np.asarray(d["crop_kps5"], np.float32), np.asarray(d["crop_transform"], np.float32))
+                     d["crop_file"], np.asarray(d["crop_kps5"], np.float32), np.asarray(d["crop_transform"], np.float32),
+                     Detail(**d["detail"]))
 
 
 # --- choosing references -----------------------------------------------------------------------
@@ -394,13 +322,19 @@ class Chosen:
 
 def score_against_centroid(candidates: list[Candidate], centroid: np.ndarray | None,
                            settings: HarvestSettings, uses_norm: bool) -> list[Chosen]:
-    """Full terms for each candidate given the identity's unit centroid ``float32[D]``."""
+    """Full terms for each candidate given the identity's unit centroid ``float32[D]``; sharpness
+    against the identity's own sharpest candidates where they are soft (``HarvestSettings.sharpness_scale``)."""
     scored = []
+    laplacians = [c.detail.laplacian for c in candidates]
+    soft = bool(candidates) and float(np.percentile(laplacians, 90)) < 2 * settings.sharpness_scale
+    if soft:
+        fine_scale = max(float(np.percentile([c.detail.fine for c in candidates], 90)) / 2.0, 1e-3)
     for c in candidates:
         similarity = 1.0
         if centroid is not None and c.embedding is not None:
             similarity = float(centroid @ (c.embedding / max(float(np.linalg.norm(c.embedding)), 1e-12)))
-        terms = {**c.terms, "centroid_agreement": agreement_term(similarity, settings)}
+        sharpness = c.detail.relative_term(fine_scale) if soft else c.terms["sharpness"]
+        terms = {**c.terms, "sharpness": sharpness, "centroid_agreement": agreement_term(similarity, settings)}
         scored.append(Chosen(c, reliability(terms, settings, uses_norm)))
     return scored
 

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -28,9 +28,9 @@ REINSTALL_AV = "pip install --force-reinstall av==18.1.0 (its wheels carry FFmpe
 # (encoder name, essential, what the project uses it for)
 ENCODERS: tuple[tuple[str, bool, str], ...] = (
     ("libx264", True, "H.264, the default video encoder"),
-    ("libx265", False, "HEVC, --codec hevc and 10-bit output"),
-    ("libvpx-vp9", False, "VP9, --codec vp9"),
-    ("libsvtav1", False, "AV1, --codec av1"),
+    ("libx265", False, "HEVC, --codec libx265"),
+    ("libvpx-vp9", False, "VP9, --codec libvpx-vp9 (and .webm outputs)"),
+    ("libsvtav1", False, "AV1, --codec libsvtav1"),
     ("aac", False, "AAC, used only where audio cannot be copied"),
 )
 
@@ -45,7 +45,7 @@ class Check:
     fix: str | None = None
     essential: bool = False
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, str | bool | None]:
         return asdict(self)
 
     def line(self) -> str:
@@ -139,11 +139,6 @@ def check_encoders() -> list[Check]:
         else:
             checks.append(Check(f"codec {name}", "ok", f"PyAV {av.__version__}; {purpose}", essential=essential))
     return checks
-
-
-def check_decord() -> Check:
-    return _import_check("decord", "decord", "decord", False, "fast random access to reference frames",
-                         "pip install decord==0.6.0 (PyAV seeking is used without it)")
 
 
 def check_insightface() -> Check:
@@ -251,7 +246,6 @@ def run_checks(models_dir: str | Path | None = None, disk_path: Path = Path(".")
         ("cuda", check_cuda),
         ("triton", check_triton),
         ("codecs", check_encoders),
-        ("decord", check_decord),
         ("insightface", check_insightface),
         ("facexlib", check_facexlib),
         ("dlib", check_dlib),

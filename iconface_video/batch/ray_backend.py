@@ -12,7 +12,7 @@ the same paths on every node (NFS, a cluster filesystem), and every node needs t
 iconface-video installed; results then land in the folder exactly as in a local run. Per-frame
 progress stays on the workers; the driver reports each item's start and end.
 
-Each task loads the restorer itself (local workers load it once and keep it): a task is the
+Each task loads its models itself (local workers load them once and keep them): a task is the
 unit Ray schedules and retries, and loading is seconds against minutes of restoration per file.
 """
 
@@ -20,19 +20,23 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
 
-from iconface_video.batch.queue import ItemResult, WorkItem, execute
+from iconface_video.batch.items import ItemResult, JobSpec, Message, WorkItem
+from iconface_video.batch.worker import execute
 from iconface_video.errors import UserError
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
 
 # A crashed worker (lost node, out of memory) is retried once; a failure inside the item is not
 # a crash (``execute`` returns it) and is never retried.
 _MAX_RETRIES = 1
 
 
-def _ray_execute(item: WorkItem, settings: Any) -> ItemResult:
+def _ray_execute(item: WorkItem, job: JobSpec) -> ItemResult:
     """The task body: run the item, naming the node and process it ran in."""
-    return execute(item, settings, None, worker=f"ray {socket.gethostname()} pid {os.getpid()}")
+    return execute(item, job, None, worker=f"ray {socket.gethostname()} pid {os.getpid()}")
 
 
 def connect(address: str) -> bool:
@@ -57,7 +61,7 @@ def connect(address: str) -> bool:
 class RayBackend:
     """Submits items as Ray tasks; ``slots`` is the cluster's GPU count, or its CPU count."""
 
-    def __init__(self, settings: Any, address: str = "auto") -> None:
+    def __init__(self, job: JobSpec, address: str = "auto") -> None:
         import ray
 
         self._ray = ray
@@ -68,15 +72,15 @@ class RayBackend:
         self._task = task.options(num_gpus=1, max_retries=_MAX_RETRIES) if gpus else task.options(
             num_cpus=1, max_retries=_MAX_RETRIES)
         self.slots = gpus or max(1, int(resources.get("CPU", 1)))
-        self._settings = ray.put(settings)
-        self._running: dict[Any, WorkItem] = {}
-        self._started: list[tuple] = []
+        self._job = ray.put(job)
+        self._running: dict[ObjectRef, WorkItem] = {}
+        self._started: list[Message] = []
 
     def submit(self, item: WorkItem) -> None:
-        self._running[self._task.remote(item, self._settings)] = item
+        self._running[self._task.remote(item, self._job)] = item
         self._started.append(("start", item, "ray"))
 
-    def poll(self, timeout: float) -> list[tuple]:
+    def poll(self, timeout: float) -> list[Message]:
         messages, self._started = self._started, []
         if not self._running:
             return messages
@@ -86,7 +90,7 @@ class RayBackend:
             messages.append(("end", self._result(ref, item)))
         return messages
 
-    def _result(self, ref: Any, item: WorkItem) -> ItemResult:
+    def _result(self, ref: ObjectRef, item: WorkItem) -> ItemResult:
         try:
             return self._ray.get(ref)
         except self._ray.exceptions.RayError as error:

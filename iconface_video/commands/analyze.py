@@ -44,11 +44,13 @@ def command(video: Path, output: Path | None, detect_every: int, refs: tuple[str
     iconface-video analyze movie.mp4                       # -> movie.iconface.json + movie.iconface.refs/
     iconface-video analyze movie.mp4 --refs "Anna=photos/anna/" --detect-every 4
     """
-    from iconface_video.analysis.analyze import AnalyzeSettings, analyze_video, default_output, parse_ref_spec, refs_folder
+    from iconface_video.analysis.settings import AnalyzeSettings, default_output, refs_folder
+    from iconface_video.analysis.video import analyze_video
+    from iconface_video.faces.photos import parse_ref_spec
     from iconface_video.files import check_name_fits, check_new_file, shown
     from iconface_video.io.probe import check_video, probe
     from iconface_video.progress import Progress
-    from iconface_video.render.render import frame_range
+    from iconface_video.render.options import frame_range
 
     info = probe(video)
     check_video(info)

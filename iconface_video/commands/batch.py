@@ -12,13 +12,16 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from iconface_video.commands.render import options_from, render_options
 from iconface_video.commands.run import analysis_options, analyze_settings
 from iconface_video.errors import UserError
+
+if TYPE_CHECKING:
+    from iconface_video.batch.local_backend import Backend
 
 
 def _parse_devices(_ctx: click.Context, _param: click.Parameter, value: str | None) -> list[str] | None:
@@ -89,22 +92,17 @@ class Reporter:
 @click.option("-q", "--quiet", is_flag=True, help="Print only failures and the summary.")
 def command(inputs: tuple[str, ...], output_dir: Path, workers: int | None, devices: list[str] | None,
             ray_address: str | None, split_shots: bool, min_task_frames: int, overwrite: bool, no_retry: bool,
-            json_lines: bool, quiet: bool, detect_every: int, detector: str, embedder: str, max_refs: int,
-            models_dir: Path | None, **params: Any) -> None:
+            json_lines: bool, quiet: bool, **params: Any) -> None:
     """Restore VIDEOS (paths, quoted globs like "season1/*.mkv", or folders) into OUTPUT_DIR.
 
     A manifest in OUTPUT_DIR records every file's state; a rerun skips what is done, retries what
     failed and resumes what was interrupted. One bad file never stops the batch; the exit code
     is 1 if any file failed.
     """
-    from iconface_video.batch.queue import (
-        BatchOptions,
-        JobSpec,
-        LocalBackend,
-        expand_inputs,
-        run_batch,
-        worker_specs,
-    )
+    from iconface_video.batch.driver import run_batch
+    from iconface_video.batch.items import BatchOptions, JobSpec
+    from iconface_video.batch.local_backend import LocalBackend, worker_specs
+    from iconface_video.batch.schedule import expand_inputs
 
     if params["dry_run"]:
         raise UserError("batch: --dry-run is for one file; run iconface-video VIDEO --dry-run")
@@ -115,23 +113,22 @@ def command(inputs: tuple[str, ...], output_dir: Path, workers: int | None, devi
     if workers is not None and devices is not None:
         raise UserError("give either --workers (CPU processes) or --devices (one worker per GPU), not both")
     paths = expand_inputs(inputs)
-    settings = JobSpec(options=options_from(params),
-                       analyze=analyze_settings(detect_every, detector, embedder, max_refs, models_dir,
-                                                rotation=params["rotation"]))
+    # --refs photos are the analysis's: analyze_settings puts them there.
+    job = JobSpec(options=options_from(params), analyze=analyze_settings(params))
     options = BatchOptions(out_dir=output_dir.resolve(), split_shots=split_shots, min_task_frames=min_task_frames,
                            overwrite=overwrite, retry_failed=not no_retry)
     if ray_address is not None:
         from iconface_video.batch.ray_backend import RayBackend
 
-        def backend():
-            return RayBackend(settings, ray_address)
+        def backend() -> Backend:
+            return RayBackend(job, ray_address)
     else:
         specs = worker_specs(workers, devices)
 
-        def backend():
-            return LocalBackend(specs, settings)
+        def backend() -> Backend:
+            return LocalBackend(specs, job)
 
-    summary = run_batch(paths, settings, options, backend, Reporter(json_lines, quiet))
+    summary = run_batch(paths, job, options, backend, Reporter(json_lines, quiet))
     # sys.exit, not click's Exit: with standalone_mode off, click returns Exit's code instead of exiting.
     if summary.exit_code:
         sys.exit(summary.exit_code)

@@ -9,9 +9,8 @@ import click
 import numpy as np
 
 from iconface_video.errors import InputError, OutputError
+from iconface_video.faces.photos import IMAGE_SUFFIXES
 from iconface_video.files import check_new_file, shown, write_bytes_atomic
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def read_image(path: Path) -> np.ndarray:

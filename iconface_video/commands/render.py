@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from iconface_video.files import shown
-from iconface_video.io.writer import CODECS
+from iconface_video.io.encoding import CODECS
+
+if TYPE_CHECKING:
+    from iconface_video.render.options import RenderOptions
 
 
 def render_options(function):
@@ -47,6 +51,8 @@ def render_options(function):
         click.option("--deinterlace", type=click.Choice(["auto", "refuse"]), default="auto", show_default=True,
                      help="Interlaced sources: deinterlace (yadif) or stop with an error."),
         click.option("--no-html", is_flag=True, help="Do not write the HTML report beside the output."),
+        click.option("--models-dir", type=click.Path(path_type=Path), default=None,
+                     help="Folder with downloaded weights (also $ICONFACE_MODELS)."),
         click.option("--identity-guard", "identity_guard", type=click.FloatRange(min=0), default=0.05,
                      show_default=True, metavar="MARGIN",
                      help="Lower a face's restoration strength where restoring lowered its identity similarity by "
@@ -57,14 +63,15 @@ def render_options(function):
     return function
 
 
-def options_from(params: dict):
-    """``RenderOptions`` from the parsed values of ``render_options`` (plus ``overwrite``)."""
-    from iconface_video.render.render import RenderOptions, parse_refs
+def options_from(params: dict) -> RenderOptions:
+    """``RenderOptions`` from the parsed values of ``render_options`` (plus ``overwrite``); the
+    ``--refs`` photos are the analysis's (``ref_specs``)."""
+    from iconface_video.render.options import RenderOptions
 
     identities = params.get("identities")
+    models_dir = params.get("models_dir")
     return RenderOptions(
-        strength=params["strength"], temporal=params["temporal"], refs=parse_refs(params["refs"]),
-        no_refs=params["no_refs"],
+        strength=params["strength"], temporal=params["temporal"], no_refs=params["no_refs"],
         identities=tuple(s.strip() for s in identities.split(",") if s.strip()) if identities else None,
         start=params["start"], end=params["end"], codec=params["codec"], crf=params["crf"], preset=params["preset"],
         pix_fmt=params["pix_fmt"], segment_frames=params["segment_frames"], device=params["device"],
@@ -72,8 +79,15 @@ def options_from(params: dict):
         checkpoint=str(params["checkpoint"]) if params["checkpoint"] else None, steps=params["steps"],
         seed=params["seed"], preview=params["preview"], dry_run=params["dry_run"], min_eye_px=params["min_eye_px"],
         deinterlace=params["deinterlace"], overwrite=params.get("overwrite", False), html=not params["no_html"],
-        identity_guard=params["identity_guard"],
+        identity_guard=params["identity_guard"], models_dir=str(models_dir) if models_dir else None,
     )
+
+
+def ref_specs(params: dict) -> tuple[tuple[str, Path], ...]:
+    """The ``--refs NAME=DIR`` values, each checked (the folder exists and holds photos) before any model loads."""
+    from iconface_video.faces.photos import parse_ref_spec
+
+    return tuple(parse_ref_spec(spec) for spec in params.get("refs", ()))
 
 
 @click.command(name="render")
@@ -90,17 +104,27 @@ def command(analysis_path: Path, input_path: Path | None, output_path: Path | No
             **params) -> None:
     """Restore the faces of ANALYSIS.json's video (see `iconface-video analyze`).
 
-    Edit the analysis file first to rename or merge people or drop references. An interrupted
-    render resumes from its last finished segment when run again with the same options.
+    Edit the analysis file first to rename or merge people or drop references. `--refs NAME=DIR`
+    adds the photos to the analysis file as NAME's references (as `analyze --refs` does) before
+    the render. An interrupted render resumes from its last finished segment when run again with
+    the same options.
     """
     import json
+    import tempfile
 
     from iconface_video.progress import Progress
-    from iconface_video.render.render import render_video
+    from iconface_video.render.video import render_video
 
     options = options_from(params)
+    refs = ref_specs(params)
     progress = Progress.create(json_lines=json_lines, enabled=not quiet)
-    report = render_video(analysis_path, input_path, output_path, options, progress)
+    with tempfile.TemporaryDirectory(prefix="iconface-dry-run-") as scratch:
+        analysis = analysis_path
+        if refs:
+            if options.dry_run:  # nothing may be written: add the photos to a copy of the analysis
+                analysis = _copy_analysis(analysis_path, Path(scratch))
+            analysis = _with_photos(analysis, refs, options, progress)
+        report = render_video(analysis, input_path, output_path, options, progress)
     if json_lines:
         progress.event("render", stage="render", report=report.to_json())
     elif options.dry_run:
@@ -108,3 +132,22 @@ def command(analysis_path: Path, input_path: Path | None, output_path: Path | No
         click.echo(json.dumps(report.to_json(), indent=2, default=str))
     elif not quiet:
         click.echo(shown(report.summary(), one_line=False), err=True)
+
+
+def _with_photos(analysis_path: Path, refs: tuple[tuple[str, Path], ...], options: RenderOptions, progress):
+    """The analysis file with ``refs`` added as references (the analysis resolves photos, never the render)."""
+    from iconface_video.analysis.photos import add_photo_references
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.render.options import resolve_device
+
+    settings = AnalyzeSettings(models_dir=options.models_dir, device=str(resolve_device(options.device)))
+    return add_photo_references(analysis_path, refs, settings, progress=progress)
+
+
+def _copy_analysis(analysis_path: Path, folder: Path) -> Path:
+    """A copy of the analysis file in ``folder`` whose crop paths still point at the original crops."""
+    from iconface_video.analysis.schema import load_analysis, save_analysis
+
+    copy = folder / analysis_path.name
+    save_analysis(load_analysis(analysis_path), copy)
+    return copy

@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
-from iconface_video.commands.render import options_from, render_options
+from iconface_video.commands.render import options_from, ref_specs, render_options
 from iconface_video.files import shown
+
+if TYPE_CHECKING:
+    from iconface_video.analysis.settings import AnalyzeSettings
 
 
 def analysis_options(function):
-    """The analysis options of the main command (``batch`` reuses them); see ``analyze_settings``."""
+    """The analysis options of the main command (``batch`` reuses them; ``--refs`` and
+    ``--models-dir`` come with ``render_options``); see ``analyze_settings``."""
     options = [
         click.option("--detect-every", type=click.IntRange(1), default=1, show_default=True,
                      help="Run the face detector every k-th frame and interpolate between (faster)."),
@@ -32,8 +37,6 @@ def analysis_options(function):
                           "degrees CCW."),
         click.option("--max-refs", type=click.IntRange(0), default=4, show_default=True,
                      help="References harvested per person."),
-        click.option("--models-dir", type=click.Path(path_type=Path), default=None,
-                     help="Folder with downloaded weights (also $ICONFACE_MODELS)."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -49,8 +52,7 @@ def analysis_options(function):
 @analysis_options
 @click.option("--json", "json_lines", is_flag=True, help="Progress as JSON lines on stdout instead of a bar.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
-def command(input_path: Path, output_path: Path | None, detect_every: int, detector: str, embedder: str,
-            rotation: str, max_refs: int, models_dir: Path | None, json_lines: bool, quiet: bool, **params) -> None:
+def command(input_path: Path, output_path: Path | None, json_lines: bool, quiet: bool, **params) -> None:
     """Restore every face in VIDEO; write VIDEO.restored.<ext> (input untouched).
 
     Timing, audio, subtitles, colour tags and rotation are kept. An interrupted run resumes
@@ -59,17 +61,15 @@ def command(input_path: Path, output_path: Path | None, detect_every: int, detec
     from iconface_video.pipeline import restore_file
 
     options = options_from(params)
+    analyze = analyze_settings(params)
     progress = _progress(json_lines, quiet)
     if options.dry_run:
         # Nothing may be written, not even the analysis: keep it in a temporary folder.
         with tempfile.TemporaryDirectory(prefix="iconface-dry-run-") as scratch:
-            report = restore_file(input_path, output_path, options, analyze_settings(
-                detect_every, detector, embedder, max_refs, models_dir, rotation=rotation), progress, analysis_dir=Path(scratch))
+            report = restore_file(input_path, output_path, options, analyze, progress, analysis_dir=Path(scratch))
         click.echo(shown(report.summary(), one_line=False))
         return
-    report = restore_file(input_path, output_path, options,
-                          analyze_settings(detect_every, detector, embedder, max_refs, models_dir,
-                                           rotation=rotation), progress)
+    report = restore_file(input_path, output_path, options, analyze, progress)
     if json_lines:
         # The last line a script reads: the finished job, its output and the whole report.
         progress.event("done", stage="job", output=report.output, report=report.to_json())
@@ -83,10 +83,11 @@ def _progress(json_lines: bool, quiet: bool):
     return Progress.create(json_lines=json_lines, enabled=not quiet)
 
 
-def analyze_settings(detect_every: int, detector: str, embedder: str, max_refs: int, models_dir: Path | None,
-                     rotation: str = "auto"):
-    """``AnalyzeSettings`` from the values of ``analysis_options``."""
-    from iconface_video.analysis.analyze import AnalyzeSettings
+def analyze_settings(params: dict) -> AnalyzeSettings:
+    """``AnalyzeSettings`` from the parsed values of ``analysis_options`` and ``render_options``
+    (``--refs``, ``--models-dir``)."""
+    from iconface_video.analysis.settings import AnalyzeSettings
 
-    return AnalyzeSettings(detect_every=detect_every, detector=detector, embedder=embedder, rotation=rotation,
-                           max_refs=max_refs, models_dir=models_dir)
+    return AnalyzeSettings(detect_every=params["detect_every"], detector=params["detector"],
+                           embedder=params["embedder"], rotation=params["rotation"], max_refs=params["max_refs"],
+                           models_dir=params.get("models_dir"), refs=ref_specs(params))

@@ -17,7 +17,6 @@ Both files are written to temporary names and renamed when complete.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from iconface_video.errors import BadWeightsError, MissingModelError
+from iconface_video.files import atomic_path
 
 from .config import CoreConfig
 from .model import IConFaceCore
@@ -51,14 +51,10 @@ def save_checkpoint(path: str | Path, model: IConFaceCore, training: dict[str, A
         "training": training or {},
     }
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()}
-    tmp_w = path.with_name(path.name + ".tmp")
-    tmp_j = sidecar_path(path).with_name(sidecar_path(path).name + ".tmp")
-    save_file(tensors, str(tmp_w), metadata={"format": FORMAT, "version": str(VERSION)})
-    tmp_j.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    for tmp in (tmp_w, tmp_j):
-        os.chmod(tmp, 0o644)  # weights are for every user of the folder, like any output
-    os.replace(tmp_w, path)
-    os.replace(tmp_j, sidecar_path(path))
+    # The weights are renamed into place before the sidecar (the inner block finishes first).
+    with atomic_path(sidecar_path(path)) as tmp_j, atomic_path(path) as tmp_w:
+        save_file(tensors, str(tmp_w), metadata={"format": FORMAT, "version": str(VERSION)})
+        tmp_j.write_text(json.dumps(meta, indent=2, sort_keys=True))
     return path
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from iconface_video.config_files import read_config_file
+from iconface_video.config_files import config_from_dict, find_config, load_config_file
 
 CONFIG_VERSION = 2
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "core"
@@ -157,21 +157,10 @@ class CoreConfig:
         version = data.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:
             raise ValueError(f"core config version {version} is not supported (expected {CONFIG_VERSION})")
-        for key in ("enc_channels", "enc_blocks", "dec_blocks"):
-            if isinstance(data.get(key), list):
-                data[key] = tuple(data[key])
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown core config keys: {', '.join(unknown)}")
-        return cls(**data)
+        return config_from_dict(cls, data, what="core config")
 
 
 def load_config(path_or_preset: str | Path) -> CoreConfig:
     """Load a YAML/JSON config file, or a preset name (``cpu``, ``gpu``) from configs/core/."""
-    path = Path(path_or_preset)
-    if not path.suffix:
-        path = CONFIG_DIR / f"{path_or_preset}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(f"core config not found: {path}")
-    return CoreConfig.from_dict(read_config_file(path))
+    path = find_config(path_or_preset, CONFIG_DIR, what="core config")
+    return load_config_file(path, CoreConfig.from_dict, what="core config")

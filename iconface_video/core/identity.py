@@ -22,6 +22,8 @@ and ``adaface`` (512-d, user-supplied weights) come from ``iconface_video.faces.
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -130,7 +132,8 @@ def to_arcface112(crops: torch.Tensor, template_name: str) -> torch.Tensor:
     return warp_faces(crops, M.to(crops.device), 112)
 
 
-def load_id_encoder(name: str, template_name: str, device: str | torch.device | None = None) -> IdEncoderFn:
+def load_id_encoder(name: str, template_name: str, device: str | torch.device | None = None,
+                    models_dir: str | os.PathLike | None = None) -> IdEncoderFn:
     """The pipeline's identity encoder ``name`` (``dlib``, ``arcface`` or ``adaface``) on core crops.
 
     The returned function maps float[N, 3, S, S] RGB in [0, 1] (any device), aligned to
@@ -144,7 +147,7 @@ def load_id_encoder(name: str, template_name: str, device: str | torch.device | 
     if name == "dlib":
         from iconface_video.faces.dlib_resnet import load_dlib_identity
 
-        identity = load_dlib_identity(device=device)
+        identity = load_dlib_identity(models_dir, device=device)
 
         @torch.no_grad()
         def encode_dlib(crops: torch.Tensor) -> torch.Tensor:
@@ -156,7 +159,7 @@ def load_id_encoder(name: str, template_name: str, device: str | torch.device | 
     # Imported here: it pulls in onnxruntime, which the proxy path never needs.
     from iconface_video.faces.embed import load_embedder
 
-    embedder = load_embedder(name)
+    embedder = load_embedder(name, models_dir)
 
     def encode(crops: torch.Tensor) -> torch.Tensor:
         aligned = to_arcface112(crops.detach().float().cpu().clamp(0, 1), template_name)

@@ -63,11 +63,13 @@ class Restorer:
         self.default_steps = default_steps
         self.trained_sides = tuple(sorted(trained_sides)) or (self.config.crop_size,)
         self.checkpoint: Path | None = None  # the file the weights came from, if any
+        self.models_dir: str | Path | None = None  # where an external identity encoder's weights are
 
     @classmethod
     def from_checkpoint(cls, path: str | Path | None = None, device: str | torch.device = "cpu",
-                        precision: str = "fp32") -> Restorer:
-        """Load ``path`` (.safetensors + .json sidecar), or the embedded checkpoint when None."""
+                        precision: str = "fp32", models_dir: str | Path | None = None) -> Restorer:
+        """Load ``path`` (.safetensors + .json sidecar), or the embedded checkpoint when None;
+        ``models_dir`` is where an external identity encoder's weights are."""
         if path is None:
             path = EMBEDDED_CHECKPOINT
             if not path.is_file():
@@ -80,6 +82,7 @@ class Restorer:
         sides = tuple(int(x) for x in training.get("sides", ()))
         restorer = cls(model, device=device, precision=precision, default_steps=steps, trained_sides=sides)
         restorer.checkpoint = Path(path)
+        restorer.models_dir = models_dir
         return restorer
 
     @property
@@ -122,7 +125,8 @@ class Restorer:
         used = torch.nonzero(weight > 0).flatten()
         if used.numel():
             if self._id_encoder is None:
-                self._id_encoder = load_id_encoder(self.config.id_encoder, self.config.template, device=self.device)
+                self._id_encoder = load_id_encoder(self.config.id_encoder, self.config.template, device=self.device,
+                                                   models_dir=self.models_dir)
             feat[used] = self._id_encoder(refs[used]).float().cpu()
         return feat
 

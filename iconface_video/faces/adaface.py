@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from iconface_video.errors import InputError
+from iconface_video.faces.checks import check_aligned112, check_image_points
 
 # Units per stage (stride 2 at each stage's first unit); channels 64, 128, 256, 512.
 DEPTHS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3)}
@@ -110,16 +111,13 @@ class AdaFaceEmbedder:
     batch: int = 64
 
     def embed(self, image: np.ndarray, kps5: np.ndarray) -> np.ndarray:
-        from iconface_video.faces.align import template
-        from iconface_video.faces.embed import _check_inputs, warp_to_template
+        from iconface_video.faces.align import template, warp_to_template
 
-        kps5 = _check_inputs(image, kps5)
+        kps5 = check_image_points(image, kps5)
         return self._features(warp_to_template(image, kps5, template("arcface", 112), 112))
 
     def embed_aligned112(self, crops: np.ndarray) -> np.ndarray:
-        from iconface_video.faces.embed import _check_crops
-
-        return self._features(_check_crops(crops))
+        return self._features(check_aligned112(crops))
 
     @torch.inference_mode()
     def _features(self, crops: np.ndarray) -> np.ndarray:

@@ -24,7 +24,9 @@ import numpy as np
 import torch
 
 from iconface_video.errors import InputError
+from iconface_video.faces.checks import check_images
 from iconface_video.faces.mtcnn import MTCNNSettings
+from iconface_video.faces.orientation import detect_rotated, obs_to_stored, points_to_upright, upright
 from iconface_video.types import FaceObs
 
 BACKENDS = ("auto", "mtcnn", "insightface", "facexlib")
@@ -41,81 +43,6 @@ class Detector(Protocol):
         frame_indices: Sequence[int] | None = None,
         rotation: int = 0,
     ) -> list[list[FaceObs]]: ...
-
-
-# --- container rotation ------------------------------------------------------------------------
-
-def upright(image: np.ndarray, rotation: int) -> np.ndarray:
-    """The upright view of a stored frame whose container says "rotate by ``rotation`` degrees
-    counter-clockwise to display" (PyAV/FFmpeg's display-matrix convention)."""
-    turns = (rotation // 90) % 4
-    if rotation % 90:
-        raise InputError(f"rotation {rotation} is not a multiple of 90 degrees")
-    return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
-
-
-def points_to_stored(points: np.ndarray, rotation: int, stored_hw: tuple[int, int]) -> np.ndarray:
-    """Map ``points[..., 2]`` (x, y) from the upright view back to stored-frame pixels.
-
-    ``np.rot90(k=1)`` sends stored (x, y) to upright (y, W-1-x); inverting each quarter turn
-    in turn gives the mapping for k = 1..3.
-    """
-    turns = (rotation // 90) % 4
-    height, width = stored_hw
-    out = np.asarray(points, dtype=np.float32).copy()
-    x, y = out[..., 0].copy(), out[..., 1].copy()
-    if turns == 1:
-        out[..., 0], out[..., 1] = width - 1 - y, x
-    elif turns == 2:
-        out[..., 0], out[..., 1] = width - 1 - x, height - 1 - y
-    elif turns == 3:
-        out[..., 0], out[..., 1] = y, height - 1 - x
-    return out
-
-
-def points_to_upright(points: np.ndarray, rotation: int, stored_hw: tuple[int, int]) -> np.ndarray:
-    """The inverse of ``points_to_stored``: stored-frame ``points[..., 2]`` in the upright view."""
-    turns = (rotation // 90) % 4
-    if turns == 0:
-        return np.asarray(points, dtype=np.float32).copy()
-    upright_hw = stored_hw if turns == 2 else (stored_hw[1], stored_hw[0])
-    # The stored frame is the upright view turned by the remaining quarter turns.
-    return points_to_stored(points, (4 - turns) * 90, upright_hw)
-
-
-def obs_to_stored(obs: FaceObs, rotation: int, stored_hw: tuple[int, int]) -> FaceObs:
-    """``obs`` found on the upright view, in stored-frame coordinates.
-
-    Landmark *order* stays ArcFace order as seen upright (left eye = the subject's left as a
-    viewer of the displayed video sees it), which is what the aligners need.
-    """
-    if (rotation // 90) % 4 == 0:
-        return obs
-    x0, y0, x1, y1 = obs.box
-    corners = points_to_stored(np.array([[x0, y0], [x1, y1]], np.float32), rotation, stored_hw)
-    box = (float(corners[:, 0].min()), float(corners[:, 1].min()), float(corners[:, 0].max()), float(corners[:, 1].max()))
-    return FaceObs(obs.frame_index, box, obs.score, points_to_stored(obs.kps5, rotation, stored_hw), obs.embedding)
-
-
-def check_images(images: Sequence[np.ndarray]) -> None:
-    for i, image in enumerate(images):
-        if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-            shape = getattr(image, "shape", None)
-            raise InputError(f"image {i}: expected uint8[H, W, 3] RGB, got {getattr(image, 'dtype', type(image))} {shape}")
-
-
-def _with_rotation(detect_upright, images, frame_indices, rotation) -> list[list[FaceObs]]:
-    """Run ``detect_upright`` on upright copies and map the faces back to the stored frames."""
-    check_images(images)
-    indices = list(range(len(images))) if frame_indices is None else list(frame_indices)
-    if len(indices) != len(images):
-        raise ValueError("frame_indices must have one entry per image")
-    views = [upright(image, rotation) for image in images]
-    found = detect_upright(views, indices)
-    return [
-        [obs_to_stored(obs, rotation, image.shape[:2]) for obs in faces]
-        for faces, image in zip(found, images)
-    ]
 
 
 # --- MTCNN (embedded) ---------------------------------------------------------------------------
@@ -136,7 +63,7 @@ class MTCNNDetector:
         frame_indices: Sequence[int] | None = None,
         rotation: int = 0,
     ) -> list[list[FaceObs]]:
-        return _with_rotation(self._detect_upright, images, frame_indices, rotation)
+        return detect_rotated(self._detect_upright, images, frame_indices, rotation)
 
     def follow(self, image: np.ndarray, boxes: np.ndarray, frame_index: int, rotation: int = 0) -> list[FaceObs]:
         """Faces near ``boxes`` float[T, 4] (stored-frame pixels, e.g. where tracks are expected)
@@ -230,4 +157,4 @@ def load_detector(
     return load_facexlib_detector(models_dir, device, min_face=min_face, threshold=threshold)
 
 
-__all__ = ["BACKENDS", "Detector", "MTCNNDetector", "load_detector", "load_mtcnn", "obs_to_stored", "points_to_stored", "points_to_upright", "upright"]
+__all__ = ["BACKENDS", "Detector", "MTCNNDetector", "load_detector", "load_mtcnn"]

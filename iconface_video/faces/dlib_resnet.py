@@ -25,10 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iconface_video.faces.align import fit_similarity
+from iconface_video.faces.align import DLIB_TEMPLATE_150, fit_similarity
 from iconface_video.faces.align import template as template_points
 from iconface_video.faces.dlib_dat import INPUT_MEANS, INPUT_SIZE, architecture, read_dat
-from iconface_video.faces.embed import DLIB_TEMPLATE_150
 
 DAT_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 CONVERTED_FILE = "dlib_face_recognition_resnet_model_v1.safetensors"

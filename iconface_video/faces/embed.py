@@ -18,21 +18,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 
 from iconface_video.errors import InputError
+from iconface_video.faces.checks import check_aligned112, check_image_points
+
+if TYPE_CHECKING:
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+
+    from iconface_video.faces.dlib_resnet import DlibResNet
 
 BACKENDS = ("dlib", "arcface", "adaface")
 
-# Where dlib's 150x150 chips (get_face_chip, padding 0.25) put the ArcFace 5 points: medians of
-# MTCNN points found on 36 dlib chips of deepface / face_recognition / facenet-pytorch photos
-# (per-point std 1.2-4.7 px). Aligning to it reproduces the crops dlib's network was trained on.
-DLIB_TEMPLATE_150 = np.array(
-    [[46.83, 44.82], [101.50, 45.17], [74.35, 77.84], [48.85, 99.99], [100.02, 100.38]], dtype=np.float32
-)
 
 
 class Embedder(Protocol):
@@ -44,55 +44,6 @@ class Embedder(Protocol):
     def embed_aligned112(self, crops: np.ndarray) -> np.ndarray: ...
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """``float32[N, 2, 3]`` similarity maps from ``src[N, 5, 2]`` to the template ``dst[5, 2]``."""
-    import torch
-
-    from iconface_video.faces.align import fit_similarity
-
-    return fit_similarity(torch.from_numpy(np.array(src, np.float32)), torch.from_numpy(dst)).numpy()
-
-
-def warp_to_template(image: np.ndarray, kps5: np.ndarray, dst: np.ndarray, size: int) -> np.ndarray:
-    """``uint8[N, size, size, 3]`` crops of one image aligned to template ``dst``.
-
-    OpenCV on the CPU: embedders run on a handful of faces per frame, where a cv2 warp of the
-    crop alone beats moving the whole frame to a tensor.
-    """
-    kps5 = np.asarray(kps5, np.float32).reshape(-1, 5, 2)
-    M = _similarity(kps5, dst)
-    return np.stack([cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for m in M]) if len(M) else np.zeros((0, size, size, 3), np.uint8)
-
-
-def _check_inputs(image: np.ndarray, kps5: np.ndarray) -> np.ndarray:
-    if not (isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3):
-        raise InputError(f"expected a uint8[H, W, 3] RGB image, got {getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
-    kps5 = np.asarray(kps5, np.float32)
-    if kps5.ndim == 2:
-        kps5 = kps5[None]
-    if kps5.shape[1:] != (5, 2):
-        raise InputError(f"kps5 must be float32[N, 5, 2], got {kps5.shape}")
-    return kps5
-
-
-def _check_crops(crops: np.ndarray) -> np.ndarray:
-    crops = np.asarray(crops)
-    if crops.ndim == 3:
-        crops = crops[None]
-    if crops.dtype != np.uint8 or crops.shape[1:] != (112, 112, 3):
-        raise InputError(f"expected uint8[N, 112, 112, 3] aligned crops, got {crops.dtype} {crops.shape}")
-    return crops
-
-
-def arcface112_to(crops: np.ndarray, dst: np.ndarray, size: int) -> np.ndarray:
-    """Re-align ArcFace-112 crops to another template (reflecting at the crop's border)."""
-    from iconface_video.faces.align import template
-
-    src = np.broadcast_to(template("arcface", 112), (len(crops), 5, 2))
-    M = _similarity(src, dst)
-    return np.stack([cv2.warpAffine(c, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for c, m in zip(crops, M)]) if len(crops) else np.zeros((0, size, size, 3), np.uint8)
-
-
 # --- dlib (embedded) -------------------------------------------------------------------------
 
 @dataclass
@@ -101,18 +52,22 @@ class DlibEmbedder:
     (``faces.dlib_resnet``): the descriptors of dlib's C++ ``compute_face_descriptor`` to 1e-6,
     several times faster on a CPU, and on any torch device."""
 
-    net: Any  # faces.dlib_resnet.DlibResNet, on ``device``
+    net: DlibResNet  # on ``device``
     device: str = "cpu"
     batch: int = 64  # chips per forward pass: bounds the memory
     name: str = "dlib"
     dim: int = 128
 
     def embed(self, image: np.ndarray, kps5: np.ndarray) -> np.ndarray:
-        kps5 = _check_inputs(image, kps5)
+        from iconface_video.faces.align import DLIB_TEMPLATE_150, warp_to_template
+
+        kps5 = check_image_points(image, kps5)
         return self._describe(warp_to_template(image, kps5, DLIB_TEMPLATE_150, 150))
 
     def embed_aligned112(self, crops: np.ndarray) -> np.ndarray:
-        return self._describe(arcface112_to(_check_crops(crops), DLIB_TEMPLATE_150, 150))
+        from iconface_video.faces.align import DLIB_TEMPLATE_150, arcface112_to
+
+        return self._describe(arcface112_to(check_aligned112(crops), DLIB_TEMPLATE_150, 150))
 
     def _describe(self, chips: np.ndarray) -> np.ndarray:
         import torch
@@ -139,19 +94,19 @@ def load_dlib(models_dir: str | Path | None = None, device: str = "cpu") -> Dlib
 class ArcFaceEmbedder:
     """insightface's ArcFace ONNX recogniser (``w600k_r50.onnx`` in ``buffalo_l``)."""
 
-    model: Any  # insightface.model_zoo.arcface_onnx.ArcFaceONNX
+    model: ArcFaceONNX
     name: str = "arcface"
     dim: int = 512
 
     def embed(self, image: np.ndarray, kps5: np.ndarray) -> np.ndarray:
-        from iconface_video.faces.align import template
+        from iconface_video.faces.align import template, warp_to_template
 
-        kps5 = _check_inputs(image, kps5)
+        kps5 = check_image_points(image, kps5)
         size = int(self.model.input_size[0])
         return self.embed_aligned(warp_to_template(image, kps5, template("arcface", size), size))
 
     def embed_aligned112(self, crops: np.ndarray) -> np.ndarray:
-        crops = _check_crops(crops)
+        crops = check_aligned112(crops)
         size = int(self.model.input_size[0])
         if size != 112:
             crops = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_LINEAR) for c in crops])
@@ -174,8 +129,12 @@ def load_arcface(models_dir: str | Path | None = None, device: str = "cpu") -> A
 
 # --- choosing a backend ----------------------------------------------------------------------
 
-def load_embedder(backend: str = "dlib", models_dir: str | Path | None = None, device: str = "cpu", **kwargs: Any) -> Embedder:
-    """An identity embedder; see the module docstring for the backends."""
+def load_embedder(backend: str = "dlib", models_dir: str | Path | None = None, device: str = "cpu", *,
+                  checkpoint: str | Path | None = None) -> Embedder:
+    """An identity embedder; see the module docstring for the backends. ``checkpoint``: an
+    AdaFace checkpoint file to use instead of the catalogue's (``adaface`` only)."""
+    if checkpoint is not None and backend != "adaface":
+        raise InputError(f"a checkpoint file is for the adaface embedder, not {backend!r}")
     if backend == "dlib":
         return load_dlib(models_dir, device)
     if backend == "arcface":
@@ -183,7 +142,7 @@ def load_embedder(backend: str = "dlib", models_dir: str | Path | None = None, d
     if backend == "adaface":
         from iconface_video.faces.adaface import load_adaface
 
-        return load_adaface(models_dir=models_dir, device=device, **kwargs)
+        return load_adaface(checkpoint, models_dir=models_dir, device=device)
     raise InputError(f"unknown embedder {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 

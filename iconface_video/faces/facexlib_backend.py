@@ -11,12 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from iconface_video.faces.backend import detect_each
 from iconface_video.types import FaceObs
+
+if TYPE_CHECKING:
+    from facexlib.detection.retinaface import RetinaFace
 
 # facexlib model name -> (catalogue model, weight file)
 VARIANTS = {
@@ -29,32 +33,21 @@ VARIANTS = {
 class FacexlibDetector:
     """RetinaFace on the original image size; ``min_face`` drops smaller boxes."""
 
-    model: Any
+    model: RetinaFace
     threshold: float = 0.8
     min_face: float | None = None
     name: str = "facexlib"
 
     def detect(self, images: Sequence[np.ndarray], frame_indices: Sequence[int] | None = None, rotation: int = 0) -> list[list[FaceObs]]:
-        from iconface_video.faces.detect import _with_rotation
-
-        return _with_rotation(self._detect_upright, images, frame_indices, rotation)
+        return detect_each(self.find, self.min_face, images, frame_indices, rotation)
 
     @torch.inference_mode()
-    def _detect_upright(self, images: list[np.ndarray], indices: list[int]) -> list[list[FaceObs]]:
-        results = []
-        for image, index in zip(images, indices):
-            height, width = image.shape[:2]
-            min_face = self.min_face if self.min_face is not None else max(20.0, min(height, width) / 40.0)
-            bgr = np.ascontiguousarray(image[:, :, ::-1]).astype(np.float32)
-            rows = self.model.detect_faces(bgr, conf_threshold=self.threshold, nms_threshold=0.4, use_origin_size=True)
-            faces = []
-            for row in np.asarray(rows, dtype=np.float32).reshape(-1, 15):
-                x0, y0, x1, y1, score = (float(v) for v in row[:5])
-                if min(x1 - x0, y1 - y0) < min_face:
-                    continue
-                faces.append(FaceObs(index, (x0, y0, x1, y1), score, row[5:15].reshape(5, 2).copy()))
-            results.append(sorted(faces, key=lambda f: -f.score))
-        return results
+    def find(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes with scores ``float32[F, 5]`` and landmarks ``float32[F, 5, 2]`` in one RGB image."""
+        bgr = np.ascontiguousarray(image[:, :, ::-1]).astype(np.float32)
+        rows = self.model.detect_faces(bgr, conf_threshold=self.threshold, nms_threshold=0.4, use_origin_size=True)
+        rows = np.asarray(rows, dtype=np.float32).reshape(-1, 15)
+        return rows[:, :5], rows[:, 5:15].reshape(-1, 5, 2)
 
 
 def load_facexlib_detector(

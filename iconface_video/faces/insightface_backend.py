@@ -10,12 +10,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from iconface_video.errors import BadWeightsError
+from iconface_video.faces.backend import detect_each
 from iconface_video.types import FaceObs
+
+if TYPE_CHECKING:
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+    from insightface.model_zoo.scrfd import SCRFD
 
 EXPECTED = {"detection": "SCRFD", "recognition": "ArcFaceONNX"}
 
@@ -24,7 +29,7 @@ def providers_for(device: str) -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") else ["CPUExecutionProvider"]
 
 
-def load_onnx_model(file: str, model: str, models_dir: str | Path | None, device: str, expected: str) -> Any:
+def load_onnx_model(file: str, model: str, models_dir: str | Path | None, device: str, expected: str) -> SCRFD | ArcFaceONNX:
     """``model_zoo.get_model`` on the store's copy of ``file``; a file that does not route to
     the ``expected`` kind ("detection" / "recognition") is a ``BadWeightsError``."""
     from insightface.model_zoo import model_zoo
@@ -45,32 +50,22 @@ def load_onnx_model(file: str, model: str, models_dir: str | Path | None, device
 class InsightfaceDetector:
     """SCRFD on a letterboxed ``det_size`` input (insightface's own pre/post-processing)."""
 
-    model: Any
+    model: SCRFD
     threshold: float = 0.5
     min_face: float | None = None
     det_size: tuple[int, int] = (640, 640)
     name: str = "insightface"
 
     def detect(self, images: Sequence[np.ndarray], frame_indices: Sequence[int] | None = None, rotation: int = 0) -> list[list[FaceObs]]:
-        from iconface_video.faces.detect import _with_rotation
+        return detect_each(self.find, self.min_face, images, frame_indices, rotation)
 
-        return _with_rotation(self._detect_upright, images, frame_indices, rotation)
-
-    def _detect_upright(self, images: list[np.ndarray], indices: list[int]) -> list[list[FaceObs]]:
-        results = []
-        for image, index in zip(images, indices):
-            height, width = image.shape[:2]
-            min_face = self.min_face if self.min_face is not None else max(20.0, min(height, width) / 40.0)
-            bgr = np.ascontiguousarray(image[:, :, ::-1])
-            boxes, points = self.model.detect(bgr, input_size=self.det_size, max_num=0, metric="default")
-            faces = []
-            for row, kps in zip(np.asarray(boxes, np.float32).reshape(-1, 5), points if points is not None else [None] * len(boxes)):
-                x0, y0, x1, y1, score = (float(v) for v in row)
-                if kps is None or min(x1 - x0, y1 - y0) < min_face:
-                    continue
-                faces.append(FaceObs(index, (x0, y0, x1, y1), score, np.asarray(kps, np.float32).reshape(5, 2)))
-            results.append(sorted(faces, key=lambda f: -f.score))
-        return results
+    def find(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes with scores ``float32[F, 5]`` and landmarks ``float32[F, 5, 2]`` in one RGB image."""
+        bgr = np.ascontiguousarray(image[:, :, ::-1])
+        boxes, points = self.model.detect(bgr, input_size=self.det_size, max_num=0, metric="default")
+        if points is None:  # a model without landmarks: nothing the aligners could use
+            return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
+        return np.asarray(boxes, np.float32).reshape(-1, 5), np.asarray(points, np.float32).reshape(-1, 5, 2)
 
 
 def load_insightface_detector(

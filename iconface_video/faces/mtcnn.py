@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import batched_nms, roi_align
 
+from iconface_video.faces.backend import min_face_px
+
 
 class PNet(nn.Module):
     """12x12 proposal net, fully convolutional: ``float[B, 3, H, W] -> (reg[B, 4, h, w], prob[B, h, w])``."""
@@ -97,7 +99,7 @@ NETWORKS = {"pnet": PNet, "rnet": RNet, "onet": ONet}
 
 @dataclass(frozen=True)
 class MTCNNSettings:
-    """Cascade settings. ``min_face`` None means ``max(20, min(H, W) / 40)`` pixels."""
+    """Cascade settings. ``min_face`` None: relative to the frame size (``backend.min_face_px``)."""
 
     min_face: float | None = None
     # The last threshold is stricter than the paper's 0.7: on the group photos and video frames
@@ -107,11 +109,7 @@ class MTCNNSettings:
     max_candidates: int = 4000  # per stage across the batch: bounds memory on pathological frames
 
     def min_face_for(self, height: int, width: int) -> float:
-        if self.min_face is not None:
-            return float(self.min_face)
-        # Faces below ~2.5% of the short side are too small to restore usefully; skipping them
-        # removes the largest pyramid levels, which dominate P-net's cost.
-        return max(20.0, min(height, width) / 40.0)
+        return min_face_px(self.min_face, height, width)
 
 
 @dataclass(frozen=True)

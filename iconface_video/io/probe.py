@@ -232,7 +232,7 @@ def is_variable_rate(min_delta: int | None, max_delta: int | None) -> bool:
     return max_delta - min_delta > max(2, 0.02 * max_delta)
 
 
-def _count_video_packets(container, video, path: Path) -> tuple[int, int | None, int | None]:
+def _count_video_packets(container: av.container.InputContainer, video: av.video.stream.VideoStream, path: Path) -> tuple[int, int | None, int | None]:
     """(frames, shortest and longest frame duration in time-base ticks) from a demux pass.
 
     Demuxes every stream (cheap: no decoding) so that a file whose packets stop well before
@@ -290,7 +290,7 @@ def _first_frame_rotation(path: Path, stream_index: int) -> int:
     raise InputError(f"{path}: no video frame could be decoded (zero frames or a damaged file); repair it or give another file")
 
 
-def _stream_info(stream, rotation: int = 0, count: int | None = None,
+def _stream_info(stream: av.video.stream.VideoStream, rotation: int = 0, count: int | None = None,
                  min_delta: int | None = None, max_delta: int | None = None) -> StreamInfo:
     codec = stream.codec_context
     common = dict(

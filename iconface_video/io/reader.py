@@ -149,7 +149,8 @@ def frame_timestamps(path: str | os.PathLike) -> list[int]:
         container.close()
 
 
-def _seek_near(container, stream, path: Path, start: int):
+def _seek_near(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: Path,
+               start: int) -> Callable[[int | None], int] | None:
     """Seek to the keyframe at or before frame ``start``; return pts -> frame index.
 
     Returns None (and rewinds to the beginning) when the file has no usable timestamps, so
@@ -170,7 +171,7 @@ def _seek_near(container, stream, path: Path, start: int):
     return index_of
 
 
-def _decode(container, stream) -> Iterator[av.VideoFrame | av.error.FFmpegError]:
+def _decode(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> Iterator[av.VideoFrame | av.error.FFmpegError]:
     """All frames of ``stream``, flush packet included; a packet that fails to decode yields its
     error instead (the decoder goes on with the next packet), a demuxing failure ends the stream
     with its error."""

@@ -9,11 +9,13 @@ result is identical to an uninterrupted run, byte for byte, provided the encoder
 With the options ``Encoding.options`` gives, x264, x265, VP9 and SVT-AV1 are, given the same
 library builds, the same CPU instruction sets and the same encoder thread count (by default
 derived from the CPUs the process may use). x264 needed one change for that: see
-``writer.x264_mbtree_is_deterministic``. Segments encoded on a machine that differs in those
+``encoding.x264_mbtree_is_deterministic``. Segments encoded on a machine that differs in those
 respects are still a valid encode of the same frames at the same settings, but not the same bytes.
 
+The job's encode loop (``job.encode_segments``) decodes each run of consecutive pending
+segments once and hands the frames to ``encode_stream``, which cuts them into segment files.
 Segments of one file may be encoded by different processes or machines sharing the folder
-(e.g. Ray tasks split at shot starts): each calls ``encode_range(plan, i, ...)``; one caller
+(batch tasks split at shot starts), each running that loop over its own segments; one caller
 then calls ``finish(plan)``, which muxes everything into the output and removes the folder.
 
 Why segments rather than one continuous encode with checkpoints: an encoder's internal state
@@ -37,7 +39,8 @@ from iconface_video import __version__
 from iconface_video.errors import OutputError
 from iconface_video.io.probe import VideoInfo, probe
 from iconface_video.io.reader import read_frames
-from iconface_video.io.writer import EncodeSettings, Encoding, SegmentEncoder, mux_output, resolve_encoding
+from iconface_video.io.encoding import EncodeSettings, Encoding, resolve_encoding
+from iconface_video.io.writer import SegmentEncoder, mux_output
 from iconface_video.types import Frame
 
 FrameProcess = Callable[[Iterator[Frame]], Iterator[Frame]]
@@ -137,7 +140,7 @@ def encode_frames(plan: SegmentPlan, i: int, frames: Iterable[Frame]) -> Path:
 
 
 def encode_range(plan: SegmentPlan, i: int, process: FrameProcess | None = None) -> Path:
-    """Decode, process and encode segment ``i`` on its own (one Ray task, one process)."""
+    """Decode, process and encode segment ``i`` on its own, from a seek to its first frame."""
     start, end = plan.ranges[i]
     frames = read_frames(plan.input_path, start, end)
     return encode_frames(plan, i, process(frames) if process else frames)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from iconface_video.config_files import read_config_file
+from iconface_video.config_files import config_from_dict, find_config, load_config_file
 from iconface_video.errors import UserError
 
 TRAIN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "train"
@@ -81,26 +81,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserError(f"unknown training config keys: {', '.join(unknown)}")
-        data = dict(data)
-        for key in ("betas", "holdout"):
-            if key in data:
-                data[key] = tuple(data[key])
-        return cls(**data)
+        """Build from a dict (a YAML file, or ``train.yaml`` beside a run); unknown keys are an error."""
+        return config_from_dict(cls, data, what="training config")
 
 
 def load_train_config(path_or_name: str | Path) -> TrainConfig:
     """A YAML file, or a name in ``configs/train/`` (``cpu``, ``gpu-window``)."""
-    path = Path(path_or_name)
-    if not path.suffix:
-        path = TRAIN_CONFIG_DIR / f"{path_or_name}.yaml"
-    if not path.is_file():
-        raise UserError(f"training config not found: {path}; give a YAML file or a name in {TRAIN_CONFIG_DIR}")
-    data = read_config_file(path)
-    core = Path(str(data.get("core", "")))
+    path = find_config(path_or_name, TRAIN_CONFIG_DIR, what="training config")
+    cfg = load_config_file(path, TrainConfig.from_dict, what="training config")
+    core = Path(cfg.core)
     if core.suffix and not core.is_absolute() and (path.parent / core).is_file():
-        data["core"] = str((path.parent / core).resolve())  # a core YAML beside the training YAML
-    return TrainConfig.from_dict(data)
+        cfg = cfg.replace(core=str((path.parent / core).resolve()))  # a core YAML beside the training YAML
+    return cfg

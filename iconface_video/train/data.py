@@ -29,10 +29,10 @@ import cv2
 import numpy as np
 
 from iconface_video.errors import UserError
+from iconface_video.faces.photos import main_face, photo_files
 from iconface_video.imageio import imread, imwrite
 from iconface_video.train import degrade as D
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 _FRAME_RE = re.compile(r"(\d+)$")
 
 
@@ -90,7 +90,7 @@ def scan_identities(data: str | Path, *, template: str = "arcface", video_frames
                 groups.setdefault(row["identity"], []).append((data.parent / row["path"]).resolve())
     elif data.is_dir():
         for person in sorted(p for p in data.iterdir() if p.is_dir()):
-            images = sorted(p for p in person.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            images = photo_files(person)
             if images:
                 groups[person.name] = images
     else:
@@ -125,9 +125,9 @@ def align_photo_folder(src: str | Path, dst: Path, *, template: str = "arcface",
                        detector: str = "auto") -> IdentitySet:
     """Detect and align the photos of ``src/<person>/*`` into ``dst/<person>/<name>.png``.
 
-    The most confident face of each photo is aligned to ``template`` at ``size`` with the
-    project's alignment (faces/align.py); photos without a face are skipped. Existing crops in
-    ``dst`` are kept, so a rerun only does new photos.
+    The main face of each photo (``faces.photos.main_face``) is aligned to ``template`` at
+    ``size`` with the project's alignment (faces/align.py); photos without a face are skipped.
+    Existing crops in ``dst`` are kept, so a rerun only does new photos.
     """
     from iconface_video.faces import align
     from iconface_video.faces.detect import load_detector
@@ -138,7 +138,7 @@ def align_photo_folder(src: str | Path, dst: Path, *, template: str = "arcface",
         raise UserError(f"{src}: expected one sub-folder of photos per person")
     det = None
     for person in people:
-        for photo in sorted(q for q in person.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES):
+        for photo in photo_files(person):
             out = dst / person.name / f"{photo.stem}.png"
             if out.is_file():
                 continue
@@ -147,10 +147,9 @@ def align_photo_folder(src: str | Path, dst: Path, *, template: str = "arcface",
                 raise UserError(f"{photo}: cannot be read as an image")
             rgb = np.ascontiguousarray(bgr[..., ::-1])
             det = det or load_detector(detector)
-            faces = det.detect([rgb])[0]
-            if not faces:
+            best = main_face(det.detect([rgb])[0])
+            if best is None:
                 continue
-            best = max(faces, key=lambda f: f.score)
             crop, _ = align.align_crops(rgb, best.kps5[None], template, size)
             out.parent.mkdir(parents=True, exist_ok=True)
             imwrite(out, crop[0][..., ::-1])

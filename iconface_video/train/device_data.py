@@ -25,7 +25,6 @@ when features are used); a person with a single image is a target without refere
 from __future__ import annotations
 
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +36,11 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from iconface_video.core.batch import TrainBatch, training_times
+from iconface_video.core.config import CoreConfig
 from iconface_video.errors import UserError
+from iconface_video.files import atomic_path
 from iconface_video.train import device_degrade as DD
+from iconface_video.train.config import TrainConfig
 from iconface_video.train.data import template_warp
 
 PACK_FORMAT = "iconface-faces-pack"
@@ -118,9 +120,8 @@ class PackWriter:
         meta = {"format": PACK_FORMAT, "version": PACK_VERSION, "people": json.dumps(list(self.people)),
                 "template": self.template, "encoder": self.encoder if dim else ""}
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(arrays, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file(arrays, str(tmp), metadata=meta)
 
 
 def read_pack(path: str | Path) -> Pack:
@@ -191,7 +192,7 @@ class DeviceBatches:
     References always come from the crop-size store (they are reduced to ``ref_size`` anyway).
     """
 
-    def __init__(self, pack_path: str | Path, core_config, train_config, device: str | torch.device = "cpu",
+    def __init__(self, pack_path: str | Path, core_config: CoreConfig, train_config: TrainConfig, device: str | torch.device = "cpu",
                  threads: int = 8) -> None:
         self.core, self.cfg = core_config, train_config
         self.device = torch.device(device)
@@ -293,7 +294,7 @@ class DeviceBatches:
                     use_tokens=~(has & (drop >= cfg.p_anchor_drop) & (drop < cfg.p_anchor_drop + cfg.p_tokens_drop)),
                     generator=g)
 
-    def batch(self, step: int, rank: int = 0, world: int = 1):
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> TrainBatch:
         """The ``TrainBatch`` of ``step`` for ``rank`` (pixels in [-1, 1], on the device).
 
         ``world`` is accepted for the trainer's call shape; every rank draws its own samples from

@@ -27,11 +27,13 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from iconface_video.files import atomic_path, write_text_atomic
 from iconface_video.imageio import imwrite
 from iconface_video.train import degrade as D
 from iconface_video.train.data import (
@@ -40,6 +42,9 @@ from iconface_video.train.data import (
     pick_references,
     template_warp,
 )
+
+if TYPE_CHECKING:  # torch is imported only where a restorer is used
+    from iconface_video.core.restorer import Restorer
 
 METHODS = ("input", "bicubic_unsharp", "realesrgan", "model_noref", "model_ref")
 RECORD_KEYS = ("method", "bucket", "psnr", "ssim", "id_cos", "n")
@@ -248,9 +253,7 @@ def write_json(path: Path, records: list[dict], meta: dict) -> None:
     """``{"meta": ..., "records": [...]}`` written to a temporary file, then renamed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"meta": meta, "records": records}, indent=2))
-    os.replace(tmp, path)
+    write_text_atomic(json.dumps({"meta": meta, "records": records}, indent=2), path)
 
 
 def write_grid(path: Path, cases: Sequence[Case], outs: dict[str, np.ndarray], rows_per_bucket: int = 3) -> None:
@@ -276,13 +279,12 @@ def write_grid(path: Path, cases: Sequence[Case], outs: dict[str, np.ndarray], r
     grid = np.concatenate([header] + rows, axis=0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    if not imwrite(tmp, grid[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9]):
-        raise OSError(f"cannot write {tmp}")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if not imwrite(tmp, grid[..., ::-1], [cv2.IMWRITE_PNG_COMPRESSION, 9]):
+            raise OSError(f"cannot write {tmp}")
 
 
-def restorer_fn(restorer, *, steps: int | None, seed: int) -> RestoreFn:
+def restorer_fn(restorer: Restorer, *, steps: int | None, seed: int) -> RestoreFn:
     """Adapt a ``core.restorer.Restorer`` to :data:`RestoreFn` (one track per crop; ``steps`` None:
     the checkpoint's recommended steps). Reference features, when given, are the checkpoint's
     encoder on the ArcFace 112 warp (as in the pipeline); without them the restorer computes its own."""
@@ -317,7 +319,7 @@ def with_reference_features(cases: Sequence[Case], embed: EmbedFn, template: str
     return out
 
 
-def evaluate(ids: IdentitySet, *, restorer=None, embed: EmbedFn | None = None, buckets: Sequence[str] = D.BUCKETS,
+def evaluate(ids: IdentitySet, *, restorer: Restorer | None = None, embed: EmbedFn | None = None, buckets: Sequence[str] = D.BUCKETS,
              per_person: int = 12, k_refs: int = 4, seed: int = 0, steps: int | None = None, crop_size: int = 112,
              template: str = "arcface", peers: Mapping[str, PeerFn] | None = None,
              ) -> tuple[list[dict], list[Case], dict[str, np.ndarray]]:

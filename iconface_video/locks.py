@@ -1,4 +1,5 @@
-"""Lock files that stop two batch runs from processing the same input at once.
+"""Lock files that stop two runs from working on the same file at once: a batch's inputs, any
+job's output (``job.output_lock``).
 
 A lock is a small JSON file created with ``O_CREAT | O_EXCL`` (atomic on local disks and on NFS
 v3+), holding who took it: process id, host name, run id and start time. While the holder works

@@ -1,5 +1,10 @@
 """Which way is up: the rotation the face detector applies to the stored frames.
 
+Coordinates stay in *stored-frame* pixels everywhere (``types``); a detector searches the upright
+view (``upright``) and maps what it finds back (``obs_to_stored``, ``detect_rotated``). A
+rotation is "rotate by ``rotation`` degrees counter-clockwise to display", PyAV/FFmpeg's
+display-matrix convention.
+
 The container's rotation tag is right for almost every file, so it is the default; ``--rotation
 auto`` overrides it only on strong evidence, because a wrong override turns a whole film's faces
 upside down (and the restorer then finds nobody). The evidence: on a downscaled copy of some
@@ -19,18 +24,99 @@ probed frame of a video with one shot of faces keeps the frames it was used on. 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from iconface_video.errors import InputError
+from iconface_video.faces.checks import check_images
 from iconface_video.types import FaceObs
 
 ROTATION_MODES = ("auto", "tag", "none", "0", "90", "180", "270")
 MIN_WINS = 2  # one frame never overrides the tag
 PROBE_SIDE = 256  # short side of the copy the orientation probe searches (faces worth deciding by stay visible)
+# A search of upright views: (views uint8[H, W, 3], their frame indices) -> faces per view, in view pixels.
+DetectUpright = Callable[[list[np.ndarray], list[int]], list[list[FaceObs]]]
 
+
+# --- container rotation: stored frame <-> upright view ----------------------------------------
+
+def upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    """The upright view of a stored frame whose container says "rotate by ``rotation`` degrees
+    counter-clockwise to display" (PyAV/FFmpeg's display-matrix convention)."""
+    turns = (rotation // 90) % 4
+    if rotation % 90:
+        raise InputError(f"rotation {rotation} is not a multiple of 90 degrees")
+    return np.ascontiguousarray(np.rot90(image, k=turns)) if turns else image
+
+
+def points_to_stored(points: np.ndarray, rotation: int, stored_hw: tuple[int, int]) -> np.ndarray:
+    """Map ``points[..., 2]`` (x, y) from the upright view back to stored-frame pixels.
+
+    ``np.rot90(k=1)`` sends stored (x, y) to upright (y, W-1-x); inverting each quarter turn
+    in turn gives the mapping for k = 1..3.
+    """
+    turns = (rotation // 90) % 4
+    height, width = stored_hw
+    out = np.asarray(points, dtype=np.float32).copy()
+    x, y = out[..., 0].copy(), out[..., 1].copy()
+    if turns == 1:
+        out[..., 0], out[..., 1] = width - 1 - y, x
+    elif turns == 2:
+        out[..., 0], out[..., 1] = width - 1 - x, height - 1 - y
+    elif turns == 3:
+        out[..., 0], out[..., 1] = y, height - 1 - x
+    return out
+
+
+def points_to_upright(points: np.ndarray, rotation: int, stored_hw: tuple[int, int]) -> np.ndarray:
+    """The inverse of ``points_to_stored``: stored-frame ``points[..., 2]`` in the upright view."""
+    turns = (rotation // 90) % 4
+    if turns == 0:
+        return np.asarray(points, dtype=np.float32).copy()
+    upright_hw = stored_hw if turns == 2 else (stored_hw[1], stored_hw[0])
+    # The stored frame is the upright view turned by the remaining quarter turns.
+    return points_to_stored(points, (4 - turns) * 90, upright_hw)
+
+
+def obs_to_stored(obs: FaceObs, rotation: int, stored_hw: tuple[int, int]) -> FaceObs:
+    """``obs`` found on the upright view, in stored-frame coordinates.
+
+    Landmark *order* stays ArcFace order as seen upright (left eye = the subject's left as a
+    viewer of the displayed video sees it), which is what the aligners need.
+    """
+    if (rotation // 90) % 4 == 0:
+        return obs
+    x0, y0, x1, y1 = obs.box
+    corners = points_to_stored(np.array([[x0, y0], [x1, y1]], np.float32), rotation, stored_hw)
+    box = (float(corners[:, 0].min()), float(corners[:, 1].min()), float(corners[:, 0].max()), float(corners[:, 1].max()))
+    return FaceObs(obs.frame_index, box, obs.score, points_to_stored(obs.kps5, rotation, stored_hw), obs.embedding)
+
+
+def detect_rotated(
+    detect_upright: DetectUpright,
+    images: Sequence[np.ndarray],
+    frame_indices: Sequence[int] | None,
+    rotation: int,
+) -> list[list[FaceObs]]:
+    """Run ``detect_upright(views, indices)`` on upright copies of ``images`` (each
+    ``uint8[H, W, 3]``, stored orientation) and map the faces back to the stored frames. Every
+    detector's ``detect`` is this around its own search of upright views."""
+    check_images(images)
+    indices = list(range(len(images))) if frame_indices is None else list(frame_indices)
+    if len(indices) != len(images):
+        raise ValueError("frame_indices must have one entry per image")
+    views = [upright(image, rotation) for image in images]
+    found = detect_upright(views, indices)
+    return [
+        [obs_to_stored(obs, rotation, image.shape[:2]) for obs in faces]
+        for faces, image in zip(found, images)
+    ]
+
+
+# --- orientation vote -------------------------------------------------------------------------
 
 def rotation_candidates(mode: str, tag: int) -> tuple[int, ...]:
     """Detection rotations (degrees counter-clockwise, in 0..270) that ``mode`` allows, the
@@ -47,7 +133,7 @@ def rotation_candidates(mode: str, tag: int) -> tuple[int, ...]:
 
 def upright_vectors(vectors: np.ndarray, rotation: int) -> np.ndarray:
     """Stored-frame displacement vectors ``float[..., 2]`` as seen in the view the detector got
-    (``detect.upright(image, rotation)``, i.e. ``np.rot90`` by ``rotation // 90`` quarter turns)."""
+    (``upright(image, rotation)``, i.e. ``np.rot90`` by ``rotation // 90`` quarter turns)."""
     out = np.asarray(vectors, np.float32)
     for _ in range((rotation // 90) % 4):
         out = np.stack([out[..., 1], -out[..., 0]], axis=-1)  # one turn: (dx, dy) -> (dy, -dx)
@@ -186,5 +272,6 @@ class OrientationVote:
         self.chosen, self.how = state["chosen"], state["how"]
 
 
-__all__ = ["PROBE_SIDE", "ROTATION_MODES", "OrientationVote", "looks_upright", "probe_view", "rotation_candidates",
+__all__ = ["PROBE_SIDE", "ROTATION_MODES", "DetectUpright", "OrientationVote", "detect_rotated", "looks_upright",
+           "obs_to_stored", "points_to_stored", "points_to_upright", "probe_view", "rotation_candidates", "upright",
            "upright_confidence", "upright_vectors"]
