@@ -178,8 +178,7 @@ def _run_locked_job(input_path: Path, output_path: Path, settings: JobSettings, 
     with _disk_full_is_user_error(output_path):
         warnings = finish(plan, overwrite=settings.overwrite, info=info)
     if concealed:
-        warnings.append(f"{len(concealed)} damaged frame(s) outside the restored range could not be decoded and "
-                        f"repeat the frame before them (first: frame {concealed[0]})")
+        warnings.append(concealed_warning(concealed))
     warnings = list(dict.fromkeys([*preflight_warnings, *warnings]))
     for warning in warnings:
         progress.event("warning", stage="mux", message=warning)
@@ -213,6 +212,12 @@ def encode_segments(plan: SegmentPlan, segments: Sequence[int], process: FramePr
                 frames = _timed(process(frames), clocks, "process")
             for _ in encode_stream(plan, run, _counted(frames, update)):
                 pass
+
+
+def concealed_warning(concealed: Sequence[int]) -> str:
+    """The one-line warning for frames ``encode_segments`` repeated because damage hid them."""
+    return (f"{len(concealed)} damaged frame(s) outside the restored range could not be decoded and "
+            f"repeat the frame before them (first: frame {concealed[0]})")
 
 
 @contextlib.contextmanager

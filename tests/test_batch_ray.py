@@ -22,7 +22,9 @@ ray = pytest.importorskip("ray")
 # Bit-for-bit comparisons use x264's ultrafast preset; see EXACT in test_batch_local.py for why.
 EXACT = ("--preset", "ultrafast")
 
-pytestmark = pytest.mark.slow  # Ray's start-up alone takes 5-15 s here
+# Ray's start-up alone takes 5-15 s here. Ray runs its tasks with one thread (OMP_NUM_THREADS=1),
+# so the in-process runs these tests compare against must too: float sums differ with the count.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 @pytest.fixture(scope="module")

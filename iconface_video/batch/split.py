@@ -28,7 +28,7 @@ from iconface_video.batch.items import JobSpec
 from iconface_video.errors import UserError
 from iconface_video.io.probe import probe
 from iconface_video.io.transcode import SegmentPlan, make_plan
-from iconface_video.job import encode_segments
+from iconface_video.job import concealed_warning, encode_segments
 from iconface_video.pipeline import analysis_path_for, analyze_for_render
 from iconface_video.progress import Progress
 from iconface_video.render.options import RenderOptions
@@ -94,6 +94,12 @@ def render_segments(input_path: str, output_path: str, job: JobSpec, shots: Shot
     todo = [i for i in indices if not done[i]]
     total = sum(plan.ranges[i][1] - plan.ranges[i][0] for i in todo)
     _, _, process = frame_process(prepared, options, embed)
-    with (progress or Progress.silent()).stage("encode", total=total) as bar:
-        encode_segments(plan, todo, process, bar.update)
+    progress = progress or Progress.silent()
+    concealed: list[int] = []
+    with progress.stage("encode", total=total) as bar:
+        # As the main command: damage outside --start/--end repeats a frame instead of failing the task.
+        encode_segments(plan, todo, process, bar.update, changed_range=prepared.settings.changed_range,
+                        on_conceal=concealed.append)
+    if concealed:
+        progress.event("warning", stage="encode", message=concealed_warning(concealed))
     return total
