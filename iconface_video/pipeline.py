@@ -10,23 +10,22 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from iconface_video.analysis.schema import Analysis
-from iconface_video.analysis.settings import AnalyzeSettings
-from iconface_video.analysis.video import analyze_video
-from iconface_video.core.restorer import Restorer
-from iconface_video.faces.detect import Detector
-from iconface_video.faces.embed import Embedder
-from iconface_video.io.probe import VideoInfo, check_video, probe
 from iconface_video.io.encoding import resolve_encoding
+from iconface_video.io.probe import VideoInfo, check_video, probe
 from iconface_video.job import check_paths, output_lock
 from iconface_video.progress import Progress
-from iconface_video.render.guard import EmbedFn
 from iconface_video.render.options import RenderOptions, default_output_for, frame_range, resolve_device
-from iconface_video.render.prepare import load_restorer
-from iconface_video.render.report import RenderReport
-from iconface_video.render.video import render_video
 
+if TYPE_CHECKING:  # the models are imported when a job runs: a bad input fails before they load
+    from iconface_video.analysis.schema import Analysis
+    from iconface_video.analysis.settings import AnalyzeSettings
+    from iconface_video.core.restorer import Restorer
+    from iconface_video.faces.detect import Detector
+    from iconface_video.faces.embed import Embedder
+    from iconface_video.render.guard import EmbedFn
+    from iconface_video.render.report import RenderReport
 
 def analysis_path_for(output_path: str | os.PathLike, analysis_dir: Path | None = None) -> Path:
     """Where a job keeps its analysis file: ``OUT.iconface.json`` beside the output (or in
@@ -43,6 +42,8 @@ def analyze_for_render(input_path: str | os.PathLike, analysis_path: Path, optio
     ``analyze.refs`` (the user's photos) become references here, once; the render reads them
     from the analysis file like any other reference.
     """
+    from iconface_video.analysis.video import analyze_video
+
     start, end = frame_range(input_path, options.start, options.end, info)
     settings = replace(analyze, start=start, end=end, device=str(resolve_device(options.device)))
     return analyze_video(input_path, analysis_path, settings, progress, detector=detector, embedder=embedder)
@@ -76,6 +77,9 @@ def restore_file(input_path: str | os.PathLike, output_path: str | os.PathLike |
 def _restore(input_path: Path, output_path: Path, options: RenderOptions, analyze: AnalyzeSettings, info: VideoInfo,
              progress: Progress | None, analysis_dir: Path | None, restorer: Restorer | None,
              detector: Detector | None, embedder: Embedder | None, embed: EmbedFn | None) -> RenderReport:
+    from iconface_video.render.prepare import load_restorer
+    from iconface_video.render.video import render_video
+
     # Load the model before the (long) analysis, so a missing or bad checkpoint fails at once.
     restorer = restorer or load_restorer(options, resolve_device(options.device))
     analysis_path = analysis_path_for(output_path, analysis_dir)

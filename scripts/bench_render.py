@@ -75,7 +75,8 @@ def main() -> None:
     from iconface_video.io.probe import probe
     from iconface_video.io.reader import read_frames
     from iconface_video.job import JobSettings, run_job
-    from iconface_video.render import RenderOptions, render_video
+    from iconface_video.render.options import RenderOptions
+    from iconface_video.render.video import render_video
 
     args.out.mkdir(parents=True, exist_ok=True)
     clip = copy_head(args.clip, args.out / "clip.mp4", args.frames)

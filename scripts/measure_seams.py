@@ -107,7 +107,8 @@ def main() -> None:
     from iconface_video.io.probe import probe
     from iconface_video.io.reader import read_frames
     from iconface_video.render.plan import plan_faces
-    from iconface_video.render import RenderOptions, render_video
+    from iconface_video.render.options import RenderOptions
+    from iconface_video.render.video import render_video
     from iconface_video.render.prepare import default_mask
     from iconface_video.render.temporal import TemporalSettings
 

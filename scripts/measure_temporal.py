@@ -109,7 +109,8 @@ def main() -> None:
     from iconface_video.faces.masks import landmark_mask
     from iconface_video.io.probe import probe
     from iconface_video.io.reader import read_frames
-    from iconface_video.render import RenderOptions, render_video
+    from iconface_video.render.options import RenderOptions
+    from iconface_video.render.video import render_video
     from iconface_video.render.temporal import TemporalSettings, smooth_landmarks
 
     args.out.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,9 @@ from iconface_video.faces.embed import load_embedder
 from iconface_video.imageio import imread, imwrite
 from iconface_video.io.reader import read_frames
 from iconface_video.render.guard import GAIN_STEPS, TrackGuardStats, anchor_of, choose_gains
+from iconface_video.render.options import RenderOptions
 from iconface_video.render.plan import side_template
-from iconface_video.render import RenderOptions, render_video
+from iconface_video.render.video import render_video
 from iconface_video.types import FaceObs, Frame, Identity, Reference, Shot, Track
 
 N = 4

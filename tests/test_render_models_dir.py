@@ -16,7 +16,8 @@ from cli_helpers import run_cli
 from render_fixtures import IdentityRestorer, make_analysis, textured_frames, write_clip
 
 from iconface_video.analysis.schema import save_analysis
-from iconface_video.render import RenderOptions, render_video
+from iconface_video.render.options import RenderOptions
+from iconface_video.render.video import render_video
 
 
 @pytest.fixture(scope="module")

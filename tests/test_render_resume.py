@@ -24,7 +24,8 @@ from render_fixtures import (
 
 from iconface_video.analysis.schema import save_analysis
 from iconface_video.io.reader import read_frames
-from iconface_video.render import RenderOptions, render_video
+from iconface_video.render.options import RenderOptions
+from iconface_video.render.video import render_video
 
 N, CUT = 24, 10
 # Lossless so decoded pictures are exact whatever multithreaded x264 decides (see test_render_video).
@@ -34,7 +35,8 @@ CHILD = textwrap.dedent("""
     import sys, time, torch
     sys.path.insert(0, {tests!r})
     torch.set_num_threads(1)
-    from iconface_video.render import RenderOptions, render_video
+    from iconface_video.render.options import RenderOptions
+    from iconface_video.render.video import render_video
     from render_fixtures import ellipse_mask, tiny_restorer
 
     core = tiny_restorer()

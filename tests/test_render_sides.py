@@ -20,8 +20,9 @@ from iconface_video.analysis.schema import Analysis
 from iconface_video.analysis.validation import VERSION
 from iconface_video.faces.align import fit_similarity
 from iconface_video.io.reader import read_frames
+from iconface_video.render.options import RenderOptions
 from iconface_video.render.plan import side_template
-from iconface_video.render import RenderOptions, render_video
+from iconface_video.render.video import render_video
 from iconface_video.types import FaceObs, Identity, Shot, Track
 
 N, WIDTH, HEIGHT, EYES = 3, 1920, 1080, 130.0

@@ -28,8 +28,9 @@ from iconface_video.errors import InputError, UserError
 from iconface_video.io.encoding import EncodeSettings
 from iconface_video.io.reader import read_frames
 from iconface_video.job import JobSettings, run_job
-from iconface_video.render import RenderOptions, render_video
 from iconface_video.render.blend import is_greyscale
+from iconface_video.render.options import RenderOptions
+from iconface_video.render.video import render_video
 
 N, CUT = 16, 8
 # Multithreaded x264 is not deterministic here (the same frames encoded twice decode to

@@ -1,12 +1,10 @@
 """Render: batched restoration of tracked faces, temporal stability, paste-back, report.
 
-The entry point is ``render_video(analysis, input_path, output_path, RenderOptions(...))``
-(``video.py``): ``prepare.py`` decides the render up to its first frame, ``transform.py`` builds
-the streaming frame transform (``engine.py``) that ``job.run_job`` runs.
+Entry points (imported from their modules, so importing this package stays light):
+
+- ``iconface_video.render.video.render_video(analysis, input_path, output_path, RenderOptions(...))``
+- ``iconface_video.render.options.RenderOptions``: every user control of a render
+
+``prepare.py`` decides a render up to its first frame; ``transform.py`` builds the streaming frame
+transform (``engine.py``) that ``job.run_job`` runs.
 """
-
-from iconface_video.render.options import RenderOptions, frame_range
-from iconface_video.render.report import RenderReport
-from iconface_video.render.video import render_video
-
-__all__ = ["RenderOptions", "RenderReport", "frame_range", "render_video"]
